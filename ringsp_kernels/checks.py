@@ -1,0 +1,82 @@
+"""Argument checks shared by every backend: bad input fails here, naming the argument,
+before any kernel runs."""
+import torch
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _check_4d(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be [B, S, H, D], got shape {tuple(t.shape)}")
+
+
+def check_qkv(q, k, v, scale=None, kv_len=None):
+    """Validates an attention call; returns kv_len as an int (k's length when None)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_4d(name, t)
+    if q.dtype not in DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    for dim, what in ((0, "batch"), (2, "heads"), (3, "head dim")):
+        if k.shape[dim] != q.shape[dim]:
+            raise ValueError(f"k has {what} {k.shape[dim]} but q has {q.shape[dim]}")
+    head_dim = q.shape[3]
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {head_dim} is not supported (1..{MAX_HEAD_DIM})")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    return check_kv_len(kv_len, k.shape[1])
+
+
+def check_kv_len(kv_len, num_keys):
+    if kv_len is None:
+        return num_keys
+    if isinstance(kv_len, bool) or not isinstance(kv_len, int):
+        raise TypeError(f"kv_len must be an int or None, got {type(kv_len).__name__}")
+    if not 0 <= kv_len <= num_keys:
+        raise ValueError(f"kv_len={kv_len} is out of range [0, {num_keys}] (k has {num_keys} keys)")
+    return kv_len
+
+
+def check_state(q, acc, lse, q_name="q"):
+    """The running state must be float32 acc [B, S, H, D] and lse [B, H, S] on q's device."""
+    for name, t in (("acc", acc), ("lse", lse)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but {q_name} is on {q.device}")
+    if acc.shape != q.shape:
+        raise ValueError(f"acc has shape {tuple(acc.shape)}, expected {q_name}'s shape {tuple(q.shape)}")
+    expected = (q.shape[0], q.shape[2], q.shape[1])
+    if tuple(lse.shape) != expected:
+        raise ValueError(f"lse has shape {tuple(lse.shape)}, expected [B, H, S] = {expected}")
+
+
+def check_merge(acc, lse, out_blk, lse_blk):
+    _check_4d("out_blk", out_blk)
+    if out_blk.dtype not in DTYPES:
+        raise TypeError(f"out_blk has dtype {out_blk.dtype}; supported: float16, bfloat16, float32")
+    check_state(out_blk, acc, lse, q_name="out_blk")
+    if not isinstance(lse_blk, torch.Tensor):
+        raise TypeError(f"lse_blk must be a torch.Tensor, got {type(lse_blk).__name__}")
+    if lse_blk.dtype != torch.float32:
+        raise TypeError(f"lse_blk must be float32, got {lse_blk.dtype}")
+    if lse_blk.shape != lse.shape:
+        raise ValueError(f"lse_blk has shape {tuple(lse_blk.shape)}, expected lse's {tuple(lse.shape)}")
+    if lse_blk.device != acc.device:
+        raise ValueError(f"lse_blk is on {lse_blk.device} but acc is on {acc.device}")
+
+
+def default_scale(q, scale):
+    return float(scale) if scale is not None else q.shape[-1] ** -0.5

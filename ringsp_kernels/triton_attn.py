@@ -1,0 +1,185 @@
+"""Triton kernel for one ring step: attention of a q tile over a KV block, starting from
+and ending in the running online-softmax state (acc, lse).
+
+The state is loaded as the softmax's initial (max, sum, numerator) = (lse, 1, acc): the
+normalised output with its log-sum-exp *is* a valid online-softmax state, so merging a
+new block costs nothing beyond attending to it -- no partial output, no merge launch.
+`attn_fwd` is the same kernel starting from the empty state and writing q's dtype.
+Scores live in the log2 domain (exp2 with the scale folded into one multiply).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, cols, kv_len,
+                  MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    qk = tl.dot(q, tl.trans(k_tile), input_precision=DOT_PRECISION) * qk_scale
+    if MASK:  # keys past kv_len are padding: they get no weight, and their values can't leak NaN
+        valid = cols < kv_len
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        v_tile = tl.where(valid[:, None], v_tile, 0.0)
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
+             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, USE_DESC: tl.constexpr):
+    if USE_DESC:  # TMA: rows past this batch's keys are masked by kv_len in _attend_block
+        row = b * Sk + start_n
+        k_tile = desc_k.load([row, h * HEAD_DIM])
+        v_tile = desc_v.load([row, h * HEAD_DIM])
+    else:
+        rows = start_n + offs_n
+        mask = (rows[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM)
+        k_tile = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_ks + offs_d[None, :],
+                         mask=mask, other=0.0)
+        v_tile = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + offs_d[None, :],
+                         mask=mask, other=0.0)
+    return k_tile, v_tile
+
+
+@triton.jit(do_not_specialize=["kv_len", "Sq", "Sk", "kv_rows", "SQ_BUCKET", "SK_BUCKET"])
+def ring_attn_kernel(
+    Q, K, V, Acc, Lse,
+    qk_scale, kv_len, Sq, Sk, kv_rows, H,
+    SQ_BUCKET, SK_BUCKET,  # unused by the body: autotuning keys (one tuning per size class)
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ab, stride_as, stride_ah,
+    stride_lb, stride_lh, stride_ls,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_STATE: tl.constexpr, USE_DESC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Sq
+    tile_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+                mask=tile_mask, other=0.0)
+    acc_ptrs = Acc + b * stride_ab + h * stride_ah + offs_m[:, None] * stride_as + offs_d[None, :]
+    lse_ptrs = Lse + b * stride_lb + h * stride_lh + offs_m * stride_ls
+    if HAS_STATE:
+        m_i = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * 1.4426950408889634
+        seen = m_i > float("-inf")
+        l_i = tl.where(seen, 1.0, 0.0)
+        acc = tl.load(acc_ptrs, mask=tile_mask, other=0.0)
+        acc = tl.where(seen[:, None], acc, 0.0)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    desc_k = K
+    desc_v = V
+    if USE_DESC:
+        desc_k = tl.make_tensor_descriptor(K, shape=[kv_rows, H * HEAD_DIM], strides=[stride_ks, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        desc_v = tl.make_tensor_descriptor(V, shape=[kv_rows, H * HEAD_DIM], strides=[stride_vs, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+
+    n_full = (kv_len // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        k_tile, v_tile = _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
+                                  stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                  HEAD_DIM, BLOCK_D, USE_DESC)
+        m_i, l_i, acc = _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, offs_n, kv_len,
+                                      False, DOT_PRECISION)
+    if n_full < kv_len:
+        k_tile, v_tile = _load_kv(K, V, desc_k, desc_v, b, h, n_full, offs_n, offs_d, Sk,
+                                  stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                  HEAD_DIM, BLOCK_D, USE_DESC)
+        m_i, l_i, acc = _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, n_full + offs_n,
+                                      kv_len, True, DOT_PRECISION)
+
+    has_keys = l_i > 0.0
+    acc = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    tl.store(lse_ptrs, lse, mask=row_ok)
+    tl.store(acc_ptrs, acc.to(Acc.dtype.element_ty), mask=tile_mask)
+
+
+def _configs():
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+            (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (128, 64, 4, 4),
+        ]
+    ]
+
+
+def _bucket(n):  # autotune once per power-of-two size class, not per exact length
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+_tuned_kernel = triton.autotune(
+    configs=_configs(),
+    key=["HEAD_DIM", "HAS_STATE", "USE_DESC", "DOT_PRECISION", "SQ_BUCKET", "SK_BUCKET"],
+    restore_value=["Acc", "Lse"],  # autotuning reruns an in-place kernel: keep the state intact
+)(ring_attn_kernel)
+
+
+def _set_allocator():
+    # tensor descriptors built inside the kernel need a small global scratch buffer
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
+
+def _can_use_desc(k, v):
+    """TMA needs 16-byte aligned bases and row strides, D a power of two >= 16 bytes."""
+    if INTERPRET or not torch.cuda.is_available() or torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    d = k.shape[3]
+    es = k.element_size()
+    ok = d == triton.next_power_of_2(d) and d * es >= 16 and k.dtype != torch.float32
+    for t in (k, v):
+        ok = ok and t.stride(3) == 1 and t.stride(2) == d and t.stride(0) == t.shape[1] * t.stride(1)
+        ok = ok and (t.stride(1) * es) % 16 == 0 and t.data_ptr() % 16 == 0
+    return ok
+
+
+def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None):
+    """Runs the kernel. `acc` (unit stride in D) is the float32 state when has_state, else
+    the output in q's dtype. `block` = (BLOCK_M, BLOCK_N, warps, stages) skips autotuning."""
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    if Sq == 0 or B == 0 or H == 0:
+        return
+    q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
+    use_desc = _can_use_desc(k, v)
+    if use_desc:
+        _set_allocator()
+    args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, _bucket(Sq), _bucket(Sk),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), acc.stride(0), acc.stride(1), acc.stride(2),
+            lse.stride(0), lse.stride(1), lse.stride(2))
+    consts = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_STATE=has_state,
+                  USE_DESC=use_desc, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    if INTERPRET or block is not None:
+        bm, bn, nw, ns = block or (16, 16, 4, 1)
+        grid = (triton.cdiv(Sq, bm), B * H)
+        ring_attn_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns, **consts)
+        return
+    grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
+    _tuned_kernel[grid](*args, **consts)
