@@ -64,6 +64,7 @@ def ring_attn_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_STATE: tl.constexpr, USE_DESC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WARP_SPEC: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -99,7 +100,7 @@ def ring_attn_kernel(
                                            block_shape=[BLOCK_N, BLOCK_D])
 
     n_full = (kv_len // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
         k_tile, v_tile = _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
                                   stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                                   HEAD_DIM, BLOCK_D, USE_DESC)
@@ -121,24 +122,37 @@ def ring_attn_kernel(
 
 
 def _configs():
+    """Candidates from the H100 sweep in bench/RESULTS.md. Warp specialisation is a
+    Hopper-and-newer feature, so those entries are only offered there."""
+    hopper = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+    table = [  # BLOCK_M, BLOCK_N, warps, stages, warp specialisation
+        (128, 128, 8, 3, True), (128, 128, 4, 3, True), (128, 128, 8, 3, False),
+        (128, 64, 8, 3, False), (128, 64, 4, 3, False), (64, 128, 4, 3, False),
+    ]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-            (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (128, 64, 4, 4),
-        ]
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "WARP_SPEC": ws}, num_warps=w, num_stages=s)
+        for bm, bn, w, s, ws in table if hopper or not ws
     ]
 
 
-def _bucket(n):  # autotune once per power-of-two size class, not per exact length
+def bucket(n):  # autotune once per power-of-two size class, not per exact length
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-_tuned_kernel = triton.autotune(
-    configs=_configs(),
-    key=["HEAD_DIM", "HAS_STATE", "USE_DESC", "DOT_PRECISION", "SQ_BUCKET", "SK_BUCKET"],
-    restore_value=["Acc", "Lse"],  # autotuning reruns an in-place kernel: keep the state intact
-)(ring_attn_kernel)
+_tuned_kernel = None
+
+
+def _tuned():
+    # built on first use: the config list reads the device, and doing that at import would
+    # initialise CUDA in a parent process that may still fork workers
+    global _tuned_kernel
+    if _tuned_kernel is None:
+        _tuned_kernel = triton.autotune(
+            configs=_configs(),
+            key=["HEAD_DIM", "HAS_STATE", "USE_DESC", "DOT_PRECISION", "SQ_BUCKET", "SK_BUCKET", "H"],
+            restore_value=["Acc", "Lse"],  # autotuning reruns an in-place kernel: keep the state
+        )(ring_attn_kernel)
+    return _tuned_kernel
 
 
 def _set_allocator():
@@ -159,18 +173,19 @@ def _can_use_desc(k, v):
     return ok
 
 
-def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None):
+def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None, use_desc=None, warp_spec=False):
     """Runs the kernel. `acc` (unit stride in D) is the float32 state when has_state, else
-    the output in q's dtype. `block` = (BLOCK_M, BLOCK_N, warps, stages) skips autotuning."""
+    the output in q's dtype. `block` = (BLOCK_M, BLOCK_N, warps, stages) skips autotuning;
+    `use_desc` forces TMA loads on or off (benchmarks), None picks by alignment."""
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     if Sq == 0 or B == 0 or H == 0:
         return
     q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
-    use_desc = _can_use_desc(k, v)
+    use_desc = _can_use_desc(k, v) if use_desc is None else use_desc
     if use_desc:
         _set_allocator()
-    args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, _bucket(Sq), _bucket(Sk),
+    args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, bucket(Sq), bucket(Sk),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), acc.stride(0), acc.stride(1), acc.stride(2),
             lse.stride(0), lse.stride(1), lse.stride(2))
@@ -179,7 +194,8 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None):
     if INTERPRET or block is not None:
         bm, bn, nw, ns = block or (16, 16, 4, 1)
         grid = (triton.cdiv(Sq, bm), B * H)
-        ring_attn_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns, **consts)
+        ring_attn_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns,
+                               WARP_SPEC=warp_spec, **consts)
         return
     grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _tuned_kernel[grid](*args, **consts)
+    _tuned()[grid](*args, **consts)

@@ -1,0 +1,177 @@
+"""Kernel benchmark: ringsp's fused ring-step kernels vs cuDNN and flash SDPA, side by side.
+
+    python bench/kernels.py [--json OUT.json] [--sweep] [--quick]
+
+For every shape (bf16, B=1) it checks the kernels against cuDNN's output and LSE, then
+times (median of CUDA-event timings) and prints TFLOP/s = 4*B*H*Sq*Sk*D / time:
+  attn_fwd            ringsp attention over the whole KV (Triton, autotuned)
+  step_chain4         init_state + 4 attn_step_ over KV blocks of S/4 + finalize
+  cudnn               torch.ops.aten._scaled_dot_product_cudnn_attention (returns LSE)
+  flash               SDPA with the flash backend
+  cudnn4+eager_merge  cuDNN on 4 blocks of S/4 merged with float32 torch ops (the unfused ring)
+  cudnn4+fused_merge  cuDNN on 4 blocks merged by ringsp's one-pass Triton merge
+--sweep also times fixed Triton configurations (block sizes, warps, stages, TMA, warp
+specialisation) on each shape, to pick the autotuning list.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+SHAPES = [  # (name, Sq=Sk, H, D)
+    ("wan1.3b-480p", 32760, 12, 128),
+    ("wan1.3b-half", 16380, 12, 128),
+    ("wan-720p-h5", 75600, 5, 128),
+    ("qwen-1328", 7146, 24, 128),
+    ("d64", 16380, 24, 64),
+]
+SWEEP = [  # BLOCK_M, BLOCK_N, warps, stages, tma, warp_spec
+    (128, 128, 8, 3, True, False), (128, 128, 8, 2, True, False), (128, 64, 4, 3, True, False),
+    (128, 128, 4, 3, True, True), (128, 128, 8, 3, True, True), (128, 64, 8, 3, False, False),
+    (128, 128, 8, 3, False, False), (64, 128, 4, 3, True, False), (128, 128, 8, 4, True, False),
+]
+
+
+def flops(B, H, Sq, Sk, D):
+    return 4.0 * B * H * Sq * Sk * D
+
+
+def eager_merge(acc, lse, out, lse_blk):
+    """The unfused merge a ring implementation without ringsp does in torch ops."""
+    new = torch.logaddexp(lse, lse_blk)
+    w_old = torch.exp(lse - new).transpose(1, 2).unsqueeze(-1)
+    w_new = torch.exp(lse_blk - new).transpose(1, 2).unsqueeze(-1)
+    acc.mul_(w_old).add_(out.float() * w_new)
+    lse.copy_(new)
+
+
+def candidates(q, k, v, rk, cuda_ops):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    S = k.shape[1]
+    blocks = [(i * S // 4, (i + 1) * S // 4) for i in range(4)]
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+    def chain():
+        acc, lse = rk.init_state(q)
+        for a, b in blocks:
+            rk.attn_step_(q, k[:, a:b], v[:, a:b], acc, lse)
+        return rk.finalize(acc, lse, q.dtype)
+
+    def cudnn():
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, True)
+
+    def flash():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+
+    def cudnn_ring(merge):
+        def run():
+            acc, lse = rk.init_state(q)
+            for a, b in blocks:
+                merge(acc, lse, *cuda_ops.cudnn_attn(q, k[:, a:b], v[:, a:b], q.shape[-1] ** -0.5, b - a))
+            return acc
+        return run
+
+    return {
+        "attn_fwd": lambda: rk.attn_fwd(q, k, v),
+        "step_chain4": chain,
+        "cudnn": cudnn,
+        "flash": flash,
+        "cudnn4+eager_merge": cudnn_ring(eager_merge),
+        "cudnn4+fused_merge": cudnn_ring(rk.merge_),
+    }
+
+
+def check(q, k, v, rk, cuda_ops):
+    """Our output/LSE against cuDNN's: relative error of out, max |lse diff|."""
+    out, lse = rk.attn_fwd(q, k, v)
+    ref_out, ref_lse = cuda_ops.cudnn_attn(q, k, v, q.shape[-1] ** -0.5, k.shape[1])
+    acc, st = rk.init_state(q)
+    S = k.shape[1]
+    for i in range(4):
+        a, b = i * S // 4, (i + 1) * S // 4
+        rk.attn_step_(q, k[:, a:b], v[:, a:b], acc, st)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
+    return {"fwd_rel_err": rel(out, ref_out), "fwd_lse_max_diff": (lse - ref_lse).abs().max().item(),
+            "chain_rel_err": rel(acc, ref_out), "chain_lse_max_diff": (st - ref_lse).abs().max().item()}
+
+
+def sweep(q, k, v, bench):
+    from ringsp_kernels.triton_attn import launch
+
+    B, S, H, D = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, S, device=q.device)
+    rows = {}
+    for bm, bn, w, st, tma, ws in SWEEP:
+        name = f"M{bm}-N{bn}-w{w}-s{st}{'-tma' if tma else ''}{'-ws' if ws else ''}"
+        try:
+            fn = lambda: launch(q, k, v, out, lse, D ** -0.5, S, False, block=(bm, bn, w, st),  # noqa: E731
+                                use_desc=tma, warp_spec=ws)
+            rows[name] = bench(fn)
+        except Exception as e:  # a config the compiler or the chip refuses
+            rows[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return rows
+
+
+def versions():
+    import triton
+
+    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--sweep", action="store_true", help="also time fixed Triton configurations")
+    p.add_argument("--quick", action="store_true", help="first two shapes only")
+    p.add_argument("--reps", type=int, default=200, help="timing window per candidate, ms")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/kernels.py needs a CUDA GPU (on CPU see bench/kernels_cpu.py)")
+    import triton
+
+    import ringsp_kernels as rk
+    from ringsp_kernels import cuda as cuda_ops
+
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=50, rep=args.reps, return_mode="median")  # noqa: E731
+    report = {"meta": versions(), "shapes": {}}
+    print(f"# {report['meta']['device']}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
+    for name, S, H, D in SHAPES[:2] if args.quick else SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(S)
+        q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+        fl = flops(1, H, S, S, D)
+        entry = {"S": S, "H": H, "D": D, "check": check(q, k, v, rk, cuda_ops), "ms": {}, "tflops": {}}
+        for cand, fn in candidates(q, k, v, rk, cuda_ops).items():
+            ms = bench(fn)
+            entry["ms"][cand], entry["tflops"][cand] = ms, fl / ms / 1e9
+        if args.sweep:
+            entry["sweep_tflops"] = {c: (fl / ms / 1e9 if isinstance(ms, float) else ms)
+                                     for c, ms in sweep(q, k, v, bench).items()}
+        entry["ratio_to_cudnn"] = {c: entry["ms"]["cudnn"] / ms for c, ms in entry["ms"].items()}
+        entry["chain_over_fwd"] = entry["ms"]["step_chain4"] / entry["ms"]["attn_fwd"]
+        report["shapes"][name] = entry
+        print(f"\n## {name}: S={S} H={H} D={D}  check {entry['check']}", flush=True)
+        for cand in entry["ms"]:
+            print(f"  {cand:20s} {entry['ms'][cand]:9.3f} ms {entry['tflops'][cand]:7.1f} TFLOP/s "
+                  f"x{entry['ratio_to_cudnn'][cand]:.3f} of cuDNN", flush=True)
+        print(f"  chain4/fwd = {entry['chain_over_fwd']:.3f}")
+        for c, t in entry.get("sweep_tflops", {}).items():
+            print(f"  sweep {c:28s} {t if isinstance(t, str) else f'{t:7.1f} TFLOP/s'}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
