@@ -4,8 +4,10 @@
 
 For every shape (bf16, B=1) it checks the kernels against cuDNN's output and LSE, then
 times (median of CUDA-event timings) and prints TFLOP/s = 4*B*H*Sq*Sk*D / time:
-  attn_fwd            ringsp attention over the whole KV (Triton, autotuned)
-  step_chain4         init_state + 4 attn_step_ over KV blocks of S/4 + finalize
+  attn_fwd            ringsp's Triton kernel over the whole KV (autotuned)
+  step_chain4         init_state + 4 Triton attn_step_ over KV blocks of S/4 + finalize
+  ...[auto]           the same through the default dispatch, which measured Triton against
+                      cuDNN (+ fused merge) on its first call and kept the faster
   cudnn               torch.ops.aten._scaled_dot_product_cudnn_attention (returns LSE)
   flash               SDPA with the flash backend
   cudnn4+eager_merge  cuDNN on 4 blocks of S/4 merged with float32 torch ops (the unfused ring)
@@ -30,9 +32,9 @@ SHAPES = [  # (name, Sq=Sk, H, D)
     ("d64", 16380, 24, 64),
 ]
 SWEEP = [  # BLOCK_M, BLOCK_N, warps, stages, tma, warp_spec
-    (128, 128, 8, 3, True, False), (128, 128, 8, 2, True, False), (128, 64, 4, 3, True, False),
-    (128, 128, 4, 3, True, True), (128, 128, 8, 3, True, True), (128, 64, 8, 3, False, False),
-    (128, 128, 8, 3, False, False), (64, 128, 4, 3, True, False), (128, 128, 8, 4, True, False),
+    (128, 128, 8, 3, True, True), (128, 128, 8, 3, True, False), (128, 128, 4, 3, True, True),
+    (128, 64, 4, 3, True, True), (128, 64, 8, 3, True, True), (128, 128, 8, 2, True, True),
+    (128, 64, 8, 3, False, False), (64, 128, 4, 3, True, False),
 ]
 
 
@@ -77,9 +79,20 @@ def candidates(q, k, v, rk, cuda_ops):
             return acc
         return run
 
+    def forced(path, fn):
+        def run():
+            os.environ["RINGSP_CUDA_ATTN"] = path
+            try:
+                return fn()
+            finally:
+                os.environ.pop("RINGSP_CUDA_ATTN")
+        return run
+
     return {
-        "attn_fwd": lambda: rk.attn_fwd(q, k, v),
-        "step_chain4": chain,
+        "attn_fwd": forced("triton", lambda: rk.attn_fwd(q, k, v)),
+        "step_chain4": forced("triton", chain),
+        "attn_fwd[auto]": lambda: rk.attn_fwd(q, k, v),
+        "step_chain4[auto]": chain,
         "cudnn": cudnn,
         "flash": flash,
         "cudnn4+eager_merge": cudnn_ring(eager_merge),
@@ -88,7 +101,8 @@ def candidates(q, k, v, rk, cuda_ops):
 
 
 def check(q, k, v, rk, cuda_ops):
-    """Our output/LSE against cuDNN's: relative error of out, max |lse diff|."""
+    """The Triton kernel's output/LSE against cuDNN's: relative error of out, max |lse diff|."""
+    os.environ["RINGSP_CUDA_ATTN"] = "triton"
     out, lse = rk.attn_fwd(q, k, v)
     ref_out, ref_lse = cuda_ops.cudnn_attn(q, k, v, q.shape[-1] ** -0.5, k.shape[1])
     acc, st = rk.init_state(q)
@@ -96,12 +110,16 @@ def check(q, k, v, rk, cuda_ops):
     for i in range(4):
         a, b = i * S // 4, (i + 1) * S // 4
         rk.attn_step_(q, k[:, a:b], v[:, a:b], acc, st)
+    os.environ.pop("RINGSP_CUDA_ATTN")
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
     return {"fwd_rel_err": rel(out, ref_out), "fwd_lse_max_diff": (lse - ref_lse).abs().max().item(),
             "chain_rel_err": rel(acc, ref_out), "chain_lse_max_diff": (st - ref_lse).abs().max().item()}
 
 
 def sweep(q, k, v, bench):
+    """TFLOP/s-ready times (ms) of fixed Triton configurations: attn_fwd over all keys, and
+    a 4-step chain (init_state + 4 in-place steps on S/4 blocks + finalize)."""
+    import ringsp_kernels as rk
     from ringsp_kernels.triton_attn import launch
 
     B, S, H, D = q.shape
@@ -110,10 +128,18 @@ def sweep(q, k, v, bench):
     rows = {}
     for bm, bn, w, st, tma, ws in SWEEP:
         name = f"M{bm}-N{bn}-w{w}-s{st}{'-tma' if tma else ''}{'-ws' if ws else ''}"
+        cfg = dict(block=(bm, bn, w, st), use_desc=tma, warp_spec=ws)
+
+        def chain():
+            acc, st_lse = rk.init_state(q)
+            for i in range(4):
+                a, b = i * S // 4, (i + 1) * S // 4
+                launch(q, k[:, a:b], v[:, a:b], acc, st_lse, D ** -0.5, b - a, True, **cfg)
+            return rk.finalize(acc, st_lse, q.dtype)
+
         try:
-            fn = lambda: launch(q, k, v, out, lse, D ** -0.5, S, False, block=(bm, bn, w, st),  # noqa: E731
-                                use_desc=tma, warp_spec=ws)
-            rows[name] = bench(fn)
+            rows[name] = bench(lambda: launch(q, k, v, out, lse, D ** -0.5, S, False, **cfg))
+            rows[name + " chain4"] = bench(chain)
         except Exception as e:  # a config the compiler or the chip refuses
             rows[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     return rows
@@ -137,10 +163,15 @@ def main():
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA GPU (on CPU see bench/kernels_cpu.py)")
+    import logging
+
     import triton
 
     import ringsp_kernels as rk
     from ringsp_kernels import cuda as cuda_ops
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("ringsp").setLevel(logging.INFO)  # shows the measured triton/cuDNN choices
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=50, rep=args.reps, return_mode="median")  # noqa: E731
     report = {"meta": versions(), "shapes": {}}
@@ -158,12 +189,13 @@ def main():
                                      for c, ms in sweep(q, k, v, bench).items()}
         entry["ratio_to_cudnn"] = {c: entry["ms"]["cudnn"] / ms for c, ms in entry["ms"].items()}
         entry["chain_over_fwd"] = entry["ms"]["step_chain4"] / entry["ms"]["attn_fwd"]
+        entry["chain_over_fwd_auto"] = entry["ms"]["step_chain4[auto]"] / entry["ms"]["attn_fwd[auto]"]
         report["shapes"][name] = entry
         print(f"\n## {name}: S={S} H={H} D={D}  check {entry['check']}", flush=True)
         for cand in entry["ms"]:
             print(f"  {cand:20s} {entry['ms'][cand]:9.3f} ms {entry['tflops'][cand]:7.1f} TFLOP/s "
                   f"x{entry['ratio_to_cudnn'][cand]:.3f} of cuDNN", flush=True)
-        print(f"  chain4/fwd = {entry['chain_over_fwd']:.3f}")
+        print(f"  chain4/fwd = {entry['chain_over_fwd']:.3f} (triton), {entry['chain_over_fwd_auto']:.3f} (auto)")
         for c, t in entry.get("sweep_tflops", {}).items():
             print(f"  sweep {c:28s} {t if isinstance(t, str) else f'{t:7.1f} TFLOP/s'}", flush=True)
         del q, k, v

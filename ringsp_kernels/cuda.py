@@ -19,15 +19,21 @@ log = logging.getLogger("ringsp")
 _CHOICE = {}  # shape class -> "triton" | "cudnn"
 
 
-def _time_ms(fn, reps=3):
-    fn()  # warm-up: compiles and autotunes the Triton kernel, builds the cuDNN plan
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
+def _time_pair(fn_a, fn_b, rounds=5):
+    """Median milliseconds of two candidates, timed in alternation so that clock drift and
+    throttling bias neither; the first call of each (compile, autotune, plan) is excluded."""
+    fn_a()
+    fn_b()
+    times = ([], [])
+    for _ in range(rounds):
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end))
+    return tuple(sorted(t)[len(t) // 2] for t in times)
 
 
 def _choose(q, k, v, scale, kv_len, acc, lse, has_state):
@@ -44,12 +50,12 @@ def _choose(q, k, v, scale, kv_len, acc, lse, has_state):
         if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph capture
             return "triton"
         a, l2 = acc.clone(), lse.clone()  # scratch: the trials must not touch the caller's state
-        triton_ms = _time_ms(lambda: launch(q, k, v, a, l2, scale, kv_len, has_state=has_state))
         try:
-            cudnn_ms = _time_ms(lambda: _cudnn_into(q, k, v, scale, kv_len, a, l2, has_state))
+            triton_ms, cudnn_ms = _time_pair(lambda: launch(q, k, v, a, l2, scale, kv_len, has_state=has_state),
+                                             lambda: _cudnn_into(q, k, v, scale, kv_len, a, l2, has_state))
         except RuntimeError as e:  # a shape or head dim this cuDNN build does not support
             log.info("ringsp: cuDNN attention unavailable for %s: %s", tuple(q.shape), e)
-            cudnn_ms = float("inf")
+            triton_ms, cudnn_ms = 0.0, float("inf")
         _CHOICE[key] = "triton" if triton_ms <= cudnn_ms else "cudnn"
         log.info("ringsp: %s D=%d %s H=%d Sq~%d Sk~%d -> %s (triton %.3f ms, cudnn%s %.3f ms)",
                  "attn_step_" if has_state else "attn_fwd", D, q.dtype, H, bucket(Sq), bucket(kv_len),

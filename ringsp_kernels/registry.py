@@ -38,3 +38,13 @@ def _register_cuda():
 
 
 _register_cuda()
+
+
+def _register_npu():
+    # binds the NPU (PrivateUse1) kernels; imports no torch_npu until an NPU op runs
+    from . import npu
+
+    npu.register()
+
+
+_register_npu()

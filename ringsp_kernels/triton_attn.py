@@ -84,8 +84,9 @@ def ring_attn_kernel(
         m_i = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * 1.4426950408889634
         seen = m_i > float("-inf")
         l_i = tl.where(seen, 1.0, 0.0)
-        acc = tl.load(acc_ptrs, mask=tile_mask, other=0.0)
-        acc = tl.where(seen[:, None], acc, 0.0)
+        # rows that have seen no key hold nothing: skipping their load saves the whole
+        # state read on a ring's first step
+        acc = tl.load(acc_ptrs, mask=tile_mask & seen[:, None], other=0.0)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)

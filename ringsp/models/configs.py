@@ -1,0 +1,139 @@
+"""Published configs of the Wan transformers and VAEs, as plain dicts, plus tiny test configs.
+
+The published dicts are the `config.json` files of the Wan-AI `*-Diffusers` repositories
+(keys diffusers' constructors accept; bookkeeping keys such as `_class_name` dropped), so a
+model built from one with random weights has the real shapes and the real speed:
+
+    from diffusers import WanTransformer3DModel
+    model = WanTransformer3DModel.from_config(transformer_config("wan2.1-t2v-1.3b"))
+
+`MODELS` says, per model name, which transformer(s) and VAE a pipeline holds and the
+pipeline flags that change how the transformer is called (Wan2.2 A14B's second expert and
+its switch-over ratio; TI2V-5B's per-token timesteps).
+"""
+import copy
+
+_WAN_COMMON = {
+    "patch_size": [1, 2, 2],
+    "attention_head_dim": 128,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-06,
+    "rope_max_seq_len": 1024,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "pos_embed_seq_len": None,
+}
+
+
+def _wan(**overrides):
+    return {**_WAN_COMMON, **overrides}
+
+
+TRANSFORMERS = {
+    "wan2.1-t2v-1.3b": _wan(num_attention_heads=12, ffn_dim=8960, num_layers=30, in_channels=16, out_channels=16),
+    "wan2.1-t2v-14b": _wan(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=16, out_channels=16),
+    # I2V 14B: the image latents and mask are concatenated on channels (36 = 16 + 16 + 4) and
+    # CLIP image tokens reach cross-attention through added K/V projections.
+    "wan2.1-i2v-14b": _wan(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=36, out_channels=16,
+                           image_dim=1280, added_kv_proj_dim=5120),
+    # Wan2.2 A14B: two experts (high noise: `transformer`, low noise: `transformer_2`), same shape.
+    "wan2.2-t2v-a14b": _wan(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=16, out_channels=16),
+    "wan2.2-i2v-a14b": _wan(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=36, out_channels=16),
+    "wan2.2-ti2v-5b": _wan(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
+}
+
+_WAN21_LATENTS_MEAN = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+]
+_WAN21_LATENTS_STD = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+]
+_WAN22_LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]
+_WAN22_LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]
+
+VAES = {
+    # The Wan2.1 VAE (also used by Wan2.2 A14B): 8x spatial, 4x temporal, 16 latent channels.
+    "wan2.1": {
+        "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+        "temperal_downsample": [False, True, True], "dropout": 0.0,
+        "latents_mean": _WAN21_LATENTS_MEAN, "latents_std": _WAN21_LATENTS_STD,
+    },
+    # The Wan2.2 VAE (TI2V-5B): pixels patchified 2x2 (12 channels), 16x spatial, 48 latent channels.
+    # Its config.json also carries `clip_output: false`, which diffusers' constructor does not take.
+    "wan2.2": {
+        "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+        "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0,
+        "in_channels": 12, "out_channels": 12, "patch_size": 2, "is_residual": True,
+        "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+        "latents_mean": _WAN22_LATENTS_MEAN, "latents_std": _WAN22_LATENTS_STD,
+    },
+}
+
+# Per model: transformer config names (transformer, transformer_2), VAE, pipeline flags.
+MODELS = {
+    "wan2.1-t2v-1.3b": {"transformers": ["wan2.1-t2v-1.3b"], "vae": "wan2.1", "boundary_ratio": None,
+                        "expand_timesteps": False},
+    "wan2.1-t2v-14b": {"transformers": ["wan2.1-t2v-14b"], "vae": "wan2.1", "boundary_ratio": None,
+                       "expand_timesteps": False},
+    "wan2.1-i2v-14b": {"transformers": ["wan2.1-i2v-14b"], "vae": "wan2.1", "boundary_ratio": None,
+                       "expand_timesteps": False},
+    "wan2.2-t2v-a14b": {"transformers": ["wan2.2-t2v-a14b", "wan2.2-t2v-a14b"], "vae": "wan2.1",
+                        "boundary_ratio": 0.875, "expand_timesteps": False},
+    "wan2.2-i2v-a14b": {"transformers": ["wan2.2-i2v-a14b", "wan2.2-i2v-a14b"], "vae": "wan2.1",
+                        "boundary_ratio": 0.9, "expand_timesteps": False},
+    "wan2.2-ti2v-5b": {"transformers": ["wan2.2-ti2v-5b"], "vae": "wan2.2", "boundary_ratio": None,
+                       "expand_timesteps": True},
+}
+
+# Tiny configs for tests: a few layers, a few heads (3 heads: not divisible by 2, so Ulysses
+# must pad heads), small widths. The head dim must be >= 6 for Wan's 3-axis rotary split.
+TINY_TRANSFORMERS = {
+    "tiny-t2v": _wan(num_attention_heads=3, attention_head_dim=16, ffn_dim=64, num_layers=2,
+                     in_channels=4, out_channels=4, text_dim=24, freq_dim=16, rope_max_seq_len=64),
+    "tiny-i2v": _wan(num_attention_heads=3, attention_head_dim=16, ffn_dim=64, num_layers=2,
+                     in_channels=8, out_channels=4, text_dim=24, freq_dim=16, rope_max_seq_len=64,
+                     image_dim=20, added_kv_proj_dim=48),
+    "tiny-ti2v": _wan(num_attention_heads=3, attention_head_dim=16, ffn_dim=64, num_layers=2,
+                      in_channels=6, out_channels=6, text_dim=24, freq_dim=16, rope_max_seq_len=64),
+}
+
+
+def transformer_config(name):
+    """A fresh copy of the named transformer config (published or tiny)."""
+    table = {**TRANSFORMERS, **TINY_TRANSFORMERS}
+    if name not in table:
+        raise ValueError(f"unknown transformer config name {name!r}; known: {sorted(table)}")
+    return copy.deepcopy(table[name])
+
+
+def vae_config(name):
+    """A fresh copy of the named VAE config."""
+    if name not in VAES:
+        raise ValueError(f"unknown VAE config name {name!r}; known: {sorted(VAES)}")
+    return copy.deepcopy(VAES[name])
+
+
+def model_spec(name):
+    """A fresh copy of MODELS[name]: transformer config names, VAE name and pipeline flags."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)}")
+    return copy.deepcopy(MODELS[name])

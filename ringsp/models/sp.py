@@ -1,0 +1,86 @@
+"""`enable_sequence_parallel` / `disable_sequence_parallel`: the pipeline layer's entry points.
+
+Given a transformer, or a diffusers pipeline holding one (`transformer`, and for Wan2.2 A14B
+also `transformer_2`), they put each supported transformer under sequence parallelism with
+the model's adapter, or take it out again. The adapter lives on the module as
+`_ringsp_sp_adapter`, so enabling twice is refused and disabling finds what to undo.
+"""
+import torch
+
+_ATTR = "_ringsp_sp_adapter"
+PIPELINE_TRANSFORMER_ATTRS = ("transformer", "transformer_2")
+
+
+def _adapter_class(module):
+    """The SP adapter class for this module, or None. diffusers is imported only when needed."""
+    try:
+        from diffusers import WanTransformer3DModel
+    except ImportError:  # diffusers is an optional dependency ("models" extra)
+        return None
+    if isinstance(module, WanTransformer3DModel):
+        from .wan import WanSPAdapter
+
+        return WanSPAdapter
+    return None
+
+
+def _transformers_of(target, name):
+    """The supported transformers target stands for: itself, or a pipeline's transformers."""
+    if isinstance(target, torch.nn.Module):
+        if _adapter_class(target) is None:
+            raise TypeError(f"{name} must be a supported transformer (diffusers WanTransformer3DModel) "
+                            f"or a pipeline holding one, got {type(target).__name__}")
+        return [target]
+    found = [getattr(target, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS]
+    found = [m for m in found if m is not None]
+    if not found:
+        raise TypeError(f"{name} must be a supported transformer or a pipeline with a `transformer` "
+                        f"attribute, got {type(target).__name__}")
+    unsupported = [type(m).__name__ for m in found if _adapter_class(m) is None]
+    if unsupported:
+        raise TypeError(f"{name} holds transformer(s) with no sequence-parallel adapter: {unsupported}")
+    return found
+
+
+def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True):
+    """Runs the transformer(s) under sequence parallelism over ctx's SP group.
+
+    transformer_or_pipeline: a WanTransformer3DModel, or a pipeline with `transformer`
+    (and optionally `transformer_2`). ctx: from `ringsp.init_parallel`. check_inputs: compare
+    input shapes across the SP group on every forward (one tiny all_gather) so that ranks
+    that disagree fail with the same ValueError instead of hanging.
+    Returns transformer_or_pipeline. Undo with `disable_sequence_parallel`.
+    """
+    modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
+    if any(getattr(m, _ATTR, None) is not None for m in modules):
+        raise ValueError("sequence parallelism is already enabled on this transformer; "
+                         "call disable_sequence_parallel first")
+    enabled = []
+    try:
+        for module in modules:
+            if any(module is m for m in enabled):
+                continue  # a pipeline may hold the same module twice
+            setattr(module, _ATTR, _adapter_class(module)(module, ctx, check_inputs=check_inputs))
+            enabled.append(module)
+    except BaseException:
+        for module in enabled:  # all or nothing
+            getattr(module, _ATTR).remove()
+            delattr(module, _ATTR)
+        raise
+    return transformer_or_pipeline
+
+
+def disable_sequence_parallel(transformer_or_pipeline):
+    """Restores the original forward of every transformer that had SP enabled; returns the argument."""
+    modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
+    for module in modules:
+        adapter = getattr(module, _ATTR, None)
+        if adapter is not None:
+            adapter.remove()
+            delattr(module, _ATTR)
+    return transformer_or_pipeline
+
+
+def is_sequence_parallel_enabled(transformer):
+    """Whether `enable_sequence_parallel` is in effect on this transformer module."""
+    return getattr(transformer, _ATTR, None) is not None

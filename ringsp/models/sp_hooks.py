@@ -1,0 +1,51 @@
+"""Generic, removable plumbing for putting a model under sequence parallelism.
+
+`HookSet` records every change an adapter makes to a model (torch hooks, swapped attention
+processors) so that `remove()` puts the model back exactly as it was. `call_arg` /
+`with_call_arg` read and replace one argument of a hooked call whether it came positionally
+or by keyword.
+"""
+_MISSING = object()
+
+
+class HookSet:
+    """The torch hook handles and attribute swaps an adapter installed, undone by `remove()`."""
+
+    def __init__(self):
+        self._handles = []
+        self._swaps = []  # (obj, attribute name, original value)
+
+    def add_handle(self, handle):
+        self._handles.append(handle)
+
+    def swap_attr(self, obj, name, value):
+        """Sets obj.name = value, remembering the original for `remove()`."""
+        self._swaps.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def remove(self):
+        """Removes every hook and restores every swapped attribute (last change undone first)."""
+        for handle in reversed(self._handles):
+            handle.remove()
+        for obj, name, original in reversed(self._swaps):
+            setattr(obj, name, original)
+        self._handles.clear()
+        self._swaps.clear()
+
+
+def call_arg(args, kwargs, index, name, default=_MISSING):
+    """The argument `name` of a call made as f(*args, **kwargs), `index` being its position."""
+    if name in kwargs:
+        return kwargs[name]
+    if index < len(args):
+        return args[index]
+    if default is _MISSING:
+        raise TypeError(f"missing argument {name!r}")
+    return default
+
+
+def with_call_arg(args, kwargs, index, name, value):
+    """(args, kwargs) with the argument `name` replaced by value, where the caller passed it."""
+    if name in kwargs or index >= len(args):
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1:], kwargs

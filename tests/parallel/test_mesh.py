@@ -1,0 +1,75 @@
+"""init_parallel: the mesh's groups and ranks, and ranks that disagree on the config."""
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ringsp.parallel import ParallelConfig
+from ringsp.parallel.mesh import _to_timedelta, mesh_ranks
+from tests.mp_pool import run_distributed
+
+
+def test_mesh_ranks_layout():
+    groups = mesh_ranks(ParallelConfig(ulysses_degree=2, ring_degree=2, cfg_degree=2), list(range(8)))
+    assert groups["sp"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert groups["ulysses"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert groups["ring"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert groups["cfg"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert mesh_ranks(ParallelConfig(1, 3), [5, 6, 7])["ring"] == [[5, 6, 7]]
+
+
+def _describe_context(u, r, cfg):
+    from ringsp.parallel import init_parallel
+
+    ctx = init_parallel(ParallelConfig(u, r, cfg), timeout=30)
+    ranks = {name: dist.get_process_group_ranks(getattr(ctx, f"{name}_group"))
+             for name in ("sp", "ulysses", "ring", "cfg")}
+    positions = (ctx.sp_rank, ctx.ulysses_rank, ctx.ring_rank, ctx.cfg_rank)
+    degrees = (ctx.ulysses_degree, ctx.ring_degree, ctx.cfg_degree, ctx.sp_degree)
+    t = torch.tensor([float(dist.get_rank())])
+    dist.all_reduce(t, group=ctx.ring_group)  # the groups work
+    return ranks, positions, degrees, ctx.device.type, t.item()
+
+
+def test_init_parallel_builds_the_mesh():
+    results = run_distributed(4, _describe_context, 1, 2, 2)
+    ranks, positions, degrees, device, ring_sum = results[3]
+    assert ranks == {"sp": [2, 3], "ulysses": [3], "ring": [2, 3], "cfg": [1, 3]}
+    assert positions == (1, 0, 1, 1) and degrees == (1, 2, 2, 2) and device == "cpu"
+    assert ring_sum == 5.0
+    ranks, positions, _, _, _ = run_distributed(4, _describe_context, 2, 2, 1)[1]
+    assert ranks == {"sp": [0, 1, 2, 3], "ulysses": [0, 1], "ring": [1, 3], "cfg": [1]}
+    assert positions == (1, 1, 0, 0)
+
+
+def _init_with(configs):
+    from ringsp.parallel import init_parallel
+
+    try:
+        init_parallel(configs[dist.get_rank()])
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_ranks_with_different_configs_fail_on_every_rank():
+    messages = run_distributed(2, _init_with, [ParallelConfig(2, 1), ParallelConfig(1, 2)])
+    assert all("ulysses_degree: rank 0=2, rank 1=1" in m for m in messages)
+
+
+def test_config_for_another_world_size_fails_on_every_rank():
+    messages = run_distributed(2, _init_with, [ParallelConfig(2, 2)] * 2)
+    assert all("needs 4 ranks but the group has 2" in m for m in messages)
+
+
+def test_init_parallel_argument_errors():
+    from ringsp.parallel import init_parallel
+
+    with pytest.raises(TypeError, match="ParallelConfig"):
+        init_parallel((2, 1))
+    with pytest.raises(RuntimeError, match="initialised"):
+        init_parallel(ParallelConfig())
+    assert _to_timedelta(5) == datetime.timedelta(seconds=5)
+    with pytest.raises(TypeError, match="timeout"):
+        _to_timedelta(-1)
