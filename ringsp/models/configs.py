@@ -119,7 +119,7 @@ TINY_TRANSFORMERS = {
 
 def transformer_config(name):
     """A fresh copy of the named transformer config (published or tiny)."""
-    table = {**TRANSFORMERS, **TINY_TRANSFORMERS}
+    table = {**TRANSFORMERS, **TINY_TRANSFORMERS, **QWEN_TRANSFORMERS, **TINY_QWEN_TRANSFORMERS}
     if name not in table:
         raise ValueError(f"unknown transformer config name {name!r}; known: {sorted(table)}")
     return copy.deepcopy(table[name])
@@ -127,9 +127,10 @@ def transformer_config(name):
 
 def vae_config(name):
     """A fresh copy of the named VAE config."""
-    if name not in VAES:
-        raise ValueError(f"unknown VAE config name {name!r}; known: {sorted(VAES)}")
-    return copy.deepcopy(VAES[name])
+    table = {**VAES, **QWEN_VAES}
+    if name not in table:
+        raise ValueError(f"unknown VAE config name {name!r}; known: {sorted(table)}")
+    return copy.deepcopy(table[name])
 
 
 def model_spec(name):
@@ -137,3 +138,66 @@ def model_spec(name):
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)}")
     return copy.deepcopy(MODELS[name])
+
+
+# ------------------------------------------------------------------------------ Qwen-Image
+# Kept apart from the Wan tables above (whose consumers build Wan models from every entry);
+# transformer_config / vae_config find these names too.
+#
+# `transformer/config.json` of the Qwen/Qwen-Image* repositories (its `pooled_projection_dim`,
+# which diffusers' constructor does not take, dropped). Qwen-Image, Qwen-Image-2512,
+# Qwen-Image-Edit and Qwen-Image-Edit-2509 share one config (20.4B parameters); Edit-2511 adds
+# `zero_cond_t` (reference-image tokens modulated with t = 0); Layered adds a layer rotary axis
+# and an extra timestep condition.
+_QWEN_COMMON = {
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 60, "attention_head_dim": 128,
+    "num_attention_heads": 24, "joint_attention_dim": 3584, "guidance_embeds": False,
+    "axes_dims_rope": [16, 56, 56],
+}
+
+
+def _qwen(**overrides):
+    return {**_QWEN_COMMON, **overrides}
+
+
+QWEN_TRANSFORMERS = {
+    "qwen-image": _qwen(),
+    "qwen-image-edit-2511": _qwen(zero_cond_t=True),
+    "qwen-image-layered": _qwen(use_additional_t_cond=True, use_layer3d_rope=True),
+}
+
+# `vae/config.json` of Qwen/Qwen-Image (AutoencoderKLQwenImage; equal to diffusers' defaults).
+QWEN_VAES = {
+    "qwen-image": {
+        "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+        "temperal_downsample": [False, True, True], "dropout": 0.0,
+        "latents_mean": list(_WAN21_LATENTS_MEAN), "latents_std": list(_WAN21_LATENTS_STD),
+    },
+}
+
+# Per Qwen model: transformer config name, VAE name, and whether reference-image tokens are
+# concatenated to the image stream (the Edit pipelines).
+QWEN_MODELS = {
+    "qwen-image": {"transformer": "qwen-image", "vae": "qwen-image", "edit": False},
+    "qwen-image-2512": {"transformer": "qwen-image", "vae": "qwen-image", "edit": False},
+    "qwen-image-edit": {"transformer": "qwen-image", "vae": "qwen-image", "edit": True},
+    "qwen-image-edit-2509": {"transformer": "qwen-image", "vae": "qwen-image", "edit": True},
+    "qwen-image-edit-2511": {"transformer": "qwen-image-edit-2511", "vae": "qwen-image", "edit": True},
+}
+
+# Tiny Qwen configs for tests: 3 heads (Ulysses 2 must pad heads), head dim 16 split 4 + 6 + 6
+# over the rotary axes (frame, height, width); 16 packed input channels = 4 latent x 2 x 2.
+_TINY_QWEN = _qwen(num_layers=2, attention_head_dim=16, num_attention_heads=3, joint_attention_dim=24,
+                   in_channels=16, out_channels=4, axes_dims_rope=[4, 6, 6])
+TINY_QWEN_TRANSFORMERS = {
+    "tiny-qwen": _TINY_QWEN,
+    "tiny-qwen-edit-2511": {**_TINY_QWEN, "zero_cond_t": True},
+    "tiny-qwen-layered": {**_TINY_QWEN, "use_additional_t_cond": True, "use_layer3d_rope": True},
+}
+
+
+def qwen_model_spec(name):
+    """A fresh copy of QWEN_MODELS[name]: transformer config name, VAE name, edit flag."""
+    if name not in QWEN_MODELS:
+        raise ValueError(f"unknown Qwen model name {name!r}; known: {sorted(QWEN_MODELS)}")
+    return copy.deepcopy(QWEN_MODELS[name])

@@ -21,6 +21,12 @@ def _adapter_class(module):
         from .wan import WanSPAdapter
 
         return WanSPAdapter
+    from diffusers import QwenImageTransformer2DModel
+
+    if isinstance(module, QwenImageTransformer2DModel):
+        from .qwen import QwenSPAdapter
+
+        return QwenSPAdapter
     return None
 
 
@@ -28,8 +34,8 @@ def _transformers_of(target, name):
     """The supported transformers target stands for: itself, or a pipeline's transformers."""
     if isinstance(target, torch.nn.Module):
         if _adapter_class(target) is None:
-            raise TypeError(f"{name} must be a supported transformer (diffusers WanTransformer3DModel) "
-                            f"or a pipeline holding one, got {type(target).__name__}")
+            raise TypeError(f"{name} must be a supported transformer (diffusers WanTransformer3DModel or "
+                            f"QwenImageTransformer2DModel) or a pipeline holding one, got {type(target).__name__}")
         return [target]
     found = [getattr(target, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS]
     found = [m for m in found if m is not None]
@@ -45,10 +51,11 @@ def _transformers_of(target, name):
 def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True):
     """Runs the transformer(s) under sequence parallelism over ctx's SP group.
 
-    transformer_or_pipeline: a WanTransformer3DModel, or a pipeline with `transformer`
-    (and optionally `transformer_2`). ctx: from `ringsp.init_parallel`. check_inputs: compare
-    input shapes across the SP group on every forward (one tiny all_gather) so that ranks
-    that disagree fail with the same ValueError instead of hanging.
+    transformer_or_pipeline: a WanTransformer3DModel or QwenImageTransformer2DModel, or a
+    pipeline with `transformer` (and optionally `transformer_2`). ctx: from
+    `ringsp.init_parallel`. check_inputs: compare input shapes across the SP group on every
+    forward (one tiny all_gather) so that ranks that disagree fail with the same ValueError
+    instead of hanging.
     Returns transformer_or_pipeline. Undo with `disable_sequence_parallel`.
     """
     modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
