@@ -180,10 +180,12 @@ def time_forward(model, inputs, iters, warmup, device, collective=True):
                 ms = (time.perf_counter() - t0) * 1e3
             if i >= warmup:
                 times.append(ms)
-    slowest = torch.tensor(times, dtype=torch.float64)
+    # on the compute device: NCCL reduces no CPU tensors
+    slowest = torch.tensor(times, dtype=torch.float64, device=device)
     if collective:
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    peak = torch.tensor([torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0])
+    peak = torch.tensor([torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0],
+                        device=device)
     if collective:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return slowest.tolist(), out, float(peak.item())

@@ -1,0 +1,7 @@
+"""`python -m ringsp.cli ...` is `ringsp ...`."""
+import sys
+
+from .main import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""`ringsp generate` arguments: the parser, and their checks into a GenerateRequest.
+
+Every mistake a user can make in the arguments ends here, before any process starts, as
+one line in argparse's style (`ringsp generate: error: ...`, exit code 2): degrees that do
+not multiply to --num-gpus, more GPUs than present, sizes the model cannot take, a
+missing or malformed model directory.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from ringsp.models.pipelines import MODEL_NAMES, TINY_NAME, ModelDirError, inspect_model_dir, model_info
+
+from .request import GenerateRequest
+
+PROG = "ringsp generate"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".gif")
+DEFAULT_PROMPT = "a cat is playing piano"
+# The no-argument run: the embedded tiny model, 2 gloo processes on a ring, checked
+# against a single-process run of the same generation.
+# The parallel VAE is forced on (its size threshold would give such a small decode to rank 0).
+DEMO_ARGV = ["--model", TINY_NAME, "--device", "cpu", "--num-gpus", "2", "--ring-degree", "2", "--compare-single",
+             "--vae-min-parallel-pixels", "0"]
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line and exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    p = _Parser(prog=PROG, description="Generate a video with a Wan pipeline under sequence parallelism and "
+                "print the stage time breakdown and peak memory. With no arguments: a built-in tiny model on "
+                "2 CPU processes, checked against one process.")
+    model = p.add_argument_group("model")
+    src = model.add_mutually_exclusive_group()
+    src.add_argument("--model-path", metavar="DIR", help="local diffusers Wan directory (model_index.json, ...)")
+    src.add_argument("--model", choices=MODEL_NAMES, help="published config (with --dummy-weights) or tiny-wan")
+    model.add_argument("--dummy-weights", action="store_true",
+                   help="random weights of the published shapes (a small random text encoder stands in for UMT5-XXL)")
+    model.add_argument("--full-text-encoder", action="store_true",
+                   help="with --dummy-weights: build the full UMT5-XXL text encoder (random) instead")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--prompt", default=DEFAULT_PROMPT)
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--height", type=int, help="pixels; default: the model's")
+    gen.add_argument("--width", type=int, help="pixels; default: the model's")
+    gen.add_argument("--num-frames", type=int, help="4k+1 for Wan; default: the model's")
+    gen.add_argument("--steps", type=int, help="denoising steps; default: the model's")
+    gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on); default: the model's")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512 for Wan)")
+    par = p.add_argument_group("parallelism")
+    par.add_argument("--num-gpus", type=int, help="processes (one per GPU; gloo processes on CPU); "
+                     "default: ulysses x ring x cfg, or WORLD_SIZE under torchrun")
+    par.add_argument("--ulysses-degree", type=int)
+    par.add_argument("--ring-degree", type=int)
+    par.add_argument("--cfg-parallel", action="store_true", help="cond / uncond passes on two halves of the GPUs")
+    par.add_argument("--no-parallel-vae", action="store_true", help="decode on rank 0 alone")
+    par.add_argument("--vae-min-parallel-pixels", type=int, metavar="N",
+                     help="decodes of fewer output pixels x frames run on rank 0 alone (default: ringsp.vae's)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--dtype", choices=("auto",) + tuple(DTYPES), default="auto",
+                     help="transformer and text encoder (auto: bf16 on CUDA, fp32 on CPU)")
+    run.add_argument("--vae-dtype", choices=tuple(DTYPES), default="float32")
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--output", metavar="VIDEO", help="video file (mp4 via imageio-ffmpeg); "
+                     "default: outputs/<model>_<config>.mp4")
+    out.add_argument("--no-output", action="store_true", help="do not write the video")
+    run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
+    run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                     help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
+    run.add_argument("--compare-single", action="store_true",
+                     help="also run in one process and print the max abs difference of frames and latents")
+    return p
+
+
+def parse_request(argv, env=None):
+    """A validated GenerateRequest from argv; raises UsageError with a one-line message."""
+    env = os.environ if env is None else env
+    demo = len(argv) == 0
+    args = build_parser().parse_args(DEMO_ARGV if demo else argv)
+    info = _model(args)
+    sizes = _sizes(args, info)
+    device = _device(args.device)
+    world, local_world = _world(args, env)
+    u, r, cfg = _degrees(args, world, sizes["guidance_scale"])
+    num_gpus = u * r * cfg
+    _check_devices(device, num_gpus, local_world if world is not None else num_gpus)
+    dtype = _dtype(args.dtype, device)
+    label = f"u{u}r{r}" + ("c2" if cfg == 2 else "")
+    output = None if args.no_output else (args.output or os.path.join("outputs", f"{info.name}_{label}.mp4"))
+    _check_output(output, "--output", VIDEO_SUFFIXES)
+    _check_output(args.json, "--json", (".json",))
+    return GenerateRequest(
+        model_name=args.model if args.model_path is None else None, model_path=args.model_path,
+        model_label=info.name, full_text_encoder=args.full_text_encoder,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, **sizes,
+        num_gpus=num_gpus, ulysses_degree=u, ring_degree=r, cfg_degree=cfg,
+        parallel_vae=not args.no_parallel_vae, vae_min_parallel_pixels=args.vae_min_parallel_pixels,
+        device=device, dtype=dtype, vae_dtype=args.vae_dtype, output=output, json_path=args.json,
+        compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo,
+        under_torchrun=world is not None,
+    )
+
+
+def _model(args):
+    if args.model_path is not None:
+        if args.dummy_weights or args.full_text_encoder:
+            raise UsageError("--dummy-weights / --full-text-encoder go with --model NAME; --model-path loads "
+                             "the weights in DIR")
+        try:
+            return inspect_model_dir(args.model_path, check_weights=True)
+        except ModelDirError as exc:
+            raise UsageError(str(exc)) from None
+    args.model = args.model or TINY_NAME
+    if args.model != TINY_NAME and not args.dummy_weights:
+        raise UsageError(f"--model {args.model} needs --dummy-weights (no weights are downloaded); "
+                         "for real weights give --model-path DIR")
+    if args.full_text_encoder and args.model == TINY_NAME:
+        raise UsageError("--full-text-encoder applies to the published models, not tiny-wan")
+    return model_info(args.model)
+
+
+def _sizes(args, info):
+    d = info.defaults
+    sizes = {"height": _pick(args.height, d.height), "width": _pick(args.width, d.width),
+             "num_frames": _pick(args.num_frames, d.num_frames), "steps": _pick(args.steps, d.steps),
+             "guidance_scale": _pick(args.guidance_scale, d.guidance_scale),
+             "max_sequence_length": _pick(args.max_sequence_length, d.max_sequence_length)}
+    mh, mw = info.size_multiple
+    for name, value, mult in (("height", sizes["height"], mh), ("width", sizes["width"], mw)):
+        if value < mult or value % mult:
+            raise UsageError(f"--{name} {value}: {info.name} needs a positive multiple of {mult} "
+                             f"(VAE stride {info.vae_scale_spatial} x patch size {mult // info.vae_scale_spatial})")
+    t = info.vae_scale_temporal
+    if sizes["num_frames"] < 1 or (sizes["num_frames"] - 1) % t:
+        raise UsageError(f"--num-frames {sizes['num_frames']}: {info.name} needs {t}k+1 frames (1, {t + 1}, "
+                         f"{2 * t + 1}, ...): its VAE compresses time {t}x after the first frame")
+    if args.vae_min_parallel_pixels is not None and args.vae_min_parallel_pixels < 0:
+        raise UsageError(f"--vae-min-parallel-pixels must be >= 0, got {args.vae_min_parallel_pixels}")
+    for name in ("steps", "max_sequence_length"):
+        if sizes[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {sizes[name]}")
+    if not sizes["guidance_scale"] >= 0:
+        raise UsageError(f"--guidance-scale must be >= 0, got {sizes['guidance_scale']}")
+    if args.warmup_steps < 0:
+        raise UsageError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    return sizes
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def _device(choice):
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    return choice
+
+
+def _world(args, env):
+    """(WORLD_SIZE, LOCAL_WORLD_SIZE) under torchrun, (None, None) otherwise."""
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None, None
+    try:
+        world = int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError:
+        raise UsageError(f"WORLD_SIZE={env.get('WORLD_SIZE')!r} / LOCAL_WORLD_SIZE are not integers") from None
+    if args.num_gpus is not None and args.num_gpus != world:
+        raise UsageError(f"--num-gpus {args.num_gpus} does not match torchrun's WORLD_SIZE={world}")
+    return world, local
+
+
+def _degrees(args, world, guidance_scale):
+    """(ulysses, ring, cfg): the given ones checked, the missing ones filled in."""
+    cfg = 2 if args.cfg_parallel else 1
+    if cfg == 2 and not guidance_scale > 1:
+        raise UsageError(f"--cfg-parallel needs classifier-free guidance (--guidance-scale > 1, got {guidance_scale})")
+    for name in ("num_gpus", "ulysses_degree", "ring_degree"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    n = args.num_gpus if args.num_gpus is not None else world
+    u, r = args.ulysses_degree, args.ring_degree
+    if n is None:  # no count given: the degrees define it
+        return u or 1, r or 1, cfg
+    if n % cfg:
+        raise UsageError(f"--cfg-parallel splits the GPUs in two halves, but --num-gpus is {n} (odd)")
+    sp = n // cfg
+    if u is None and r is None:
+        u, r = sp, 1  # Ulysses by default, as the seed benchmarks' `sp_degree` does
+    elif u is None:
+        u = sp // r if sp % r == 0 else 0
+    elif r is None:
+        r = sp // u if sp % u == 0 else 0
+    if not u or not r or u * r * cfg != n:
+        given = f"--ulysses-degree {args.ulysses_degree or '-'} x --ring-degree {args.ring_degree or '-'}" + \
+                (" x cfg 2" if cfg == 2 else "")
+        raise UsageError(f"{given} cannot make --num-gpus {n}: ulysses x ring x cfg must equal the number of GPUs")
+    return u, r, cfg
+
+
+def _check_devices(device, num_gpus, local_processes):
+    if device != "cuda":
+        return
+    present = torch.cuda.device_count()
+    if local_processes > present:
+        raise UsageError(f"--num-gpus {num_gpus} needs {local_processes} GPUs on this machine but "
+                         f"{present} {'is' if present == 1 else 'are'} present")
+
+
+def _dtype(choice, device):
+    if choice == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return str(DTYPES[choice]).replace("torch.", "")
+
+
+def _check_output(path, flag, suffixes):
+    if path is None:
+        return
+    if os.path.splitext(path)[1].lower() not in suffixes:
+        raise UsageError(f"{flag} {path!r} must end with one of {', '.join(suffixes)}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path!r}: cannot create it (is {parent!r} a writable directory?)")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a directory")
+
+
+def describe_request(req):
+    """The request as an equivalent command line (for the demo's first line)."""
+    parts = ["ringsp generate"]
+    parts += ["--model-path", req.model_path] if req.model_path else ["--model", req.model_name]
+    parts += ["--device", req.device, "--num-gpus", str(req.num_gpus), "--ulysses-degree", str(req.ulysses_degree),
+              "--ring-degree", str(req.ring_degree)]
+    if req.cfg_degree == 2:
+        parts.append("--cfg-parallel")
+    if req.compare_single:
+        parts.append("--compare-single")
+    if req.vae_min_parallel_pixels is not None:
+        parts += ["--vae-min-parallel-pixels", str(req.vae_min_parallel_pixels)]
+    return " ".join(parts)
+
+
+def usage_exit(message, stream=None):
+    """Prints `ringsp generate: error: message` (one line) and raises SystemExit(2)."""
+    print(f"{PROG}: error: {message}", file=stream or sys.stderr)
+    raise SystemExit(2)
+
+

@@ -1,0 +1,154 @@
+"""Starting the ranks of a `ringsp generate` run and finishing it on the driver.
+
+Three ways to run, picked from the request:
+- under torchrun (RANK / WORLD_SIZE in the environment): this process is one rank;
+  rank 0 finishes (tables, JSON, --compare-single);
+- one GPU / one process: everything here, no process group;
+- otherwise: `num_gpus` worker processes are spawned (one per GPU, gloo processes on CPU)
+  on a free local port; rank 0 hands its outcome back through a file and this process
+  finishes.
+"""
+import dataclasses
+import datetime
+import os
+import socket
+import sys
+import tempfile
+
+import torch
+
+from .report import format_memory_table, format_stage_table
+from .worker import run_rank
+
+# A collective that waits longer than this ends in an error instead of a hang.
+GROUP_TIMEOUT_S = float(os.environ.get("RINGSP_GROUP_TIMEOUT_S", "900"))
+# Largest max |difference| (frames in [0, 1], latents) still reported as "equal" by
+# --compare-single: fp32 reorders sums (~1e-6 seen); half precision rounds each step.
+COMPARE_TOL = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+def execute(request, out=None):
+    """Runs the request; returns the process exit code (0, or 1 if --compare-single failed)."""
+    out = out or sys.stdout
+    if request.under_torchrun:
+        return _as_torchrun_rank(request, out)
+    if request.num_gpus == 1:
+        return finish(request, run_rank(request, distributed=False, keep_tensors=request.compare_single), out)
+    return finish(request, _spawn(request), out)
+
+
+def _as_torchrun_rank(request, out):
+    import torch.distributed as dist
+
+    init_group(request, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        outcome = run_rank(request, distributed=True, keep_tensors=request.compare_single)
+        rank = dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+    return finish(request, outcome, out) if rank == 0 else 0
+
+
+def init_group(request, local_rank):
+    """The default process group: NCCL on CUDA (this rank's GPU set first), gloo on CPU."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
+    if request.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", init_method="env://", timeout=timeout,
+                                device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+
+
+def _spawn(request):
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="ringsp-") as tmp:
+        path = os.path.join(tmp, "rank0.pt")
+        mp.start_processes(_spawned_rank, args=(request, _free_port(), path), nprocs=request.num_gpus,
+                           join=True, start_method="spawn")
+        return torch.load(path, weights_only=False)
+
+
+def _spawned_rank(local_rank, request, port, path):
+    import torch.distributed as dist
+
+    n = request.num_gpus
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(n),
+                      LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(n))
+    if request.device == "cpu":  # the processes share the cores: oversubscribed OpenMP spins
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    init_group(request, local_rank)
+    try:
+        outcome = run_rank(request, distributed=True, keep_tensors=request.compare_single)
+        if outcome is not None:
+            torch.save(outcome, path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish(request, outcome, out=None):
+    """On the driver: --compare-single, the tables, the JSON file. Returns the exit code."""
+    out = out or sys.stdout
+    report = outcome.report
+    code = 0
+    if request.compare_single:
+        report["sp_check"] = compare_with_single(request, outcome)
+        code = 0 if report["sp_check"]["equal"] else 1
+    _print_report(report, request, out)
+    if request.json_path:
+        write_json(report, request.json_path)
+        print(f"Report written to {request.json_path}", file=out)
+    return code
+
+
+def compare_with_single(request, outcome):
+    """Runs the same generation in this one process and compares frames and latents."""
+    single = dataclasses.replace(request, num_gpus=1, ulysses_degree=1, ring_degree=1, cfg_degree=1,
+                                 under_torchrun=False, compare_single=False, warmup_steps=0)
+    ref = run_rank(single, distributed=False, quiet=True, keep_tensors=True)
+    tol = COMPARE_TOL[request.dtype]
+    d_frames = (outcome.video - ref.video).abs().max().item()
+    d_latents = (outcome.latents - ref.latents).abs().max().item()
+    return {"reference": "the same generation in a single process", "max_abs_diff_frames": d_frames,
+            "max_abs_diff_latents": d_latents, "tolerance": tol, "equal": max(d_frames, d_latents) <= tol}
+
+
+def _print_report(report, request, out):
+    for note in report["model"]["notes"]:
+        print(f"Note: {note}", file=out)
+    p, r = report["parallel"], report["request"]
+    print(f"\nringsp generate: {report['model']['name']}, {r['width']}x{r['height']}, {r['num_frames']} frames, "
+          f"{r['steps']} steps, {r['dtype']}, {p['num_gpus']} x {report['device']['type']} "
+          f"({p['launcher']}, ulysses {p['ulysses_degree']} x ring {p['ring_degree']} x cfg {p['cfg_degree']}, "
+          f"parallel VAE {'on' if p['parallel_vae'] else 'off'})", file=out)
+    print("\nStage time breakdown\n" + format_stage_table(report), file=out)
+    print(f"(model loading {report['load_s']:.2f} s and writing the video {report['save_s']:.2f} s are outside "
+          "the total)", file=out)
+    print("\nPeak memory per rank\n" + format_memory_table(report), file=out)
+    if "sp_check" in report:
+        c = report["sp_check"]
+        verdict = "equals" if c["equal"] else "DIFFERS FROM"
+        print(f"\nSP check: the {p['num_gpus']}-process result {verdict} the single-process result: max |diff| "
+              f"frames {c['max_abs_diff_frames']:.3g}, latents {c['max_abs_diff_latents']:.3g} "
+              f"(tolerance {c['tolerance']:g} for {request.dtype})", file=out)
+    if request.output:
+        print(f"Video written to {request.output}", file=out)
+
+
+def write_json(report, path):
+    import json
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,61 @@
+"""`ringsp` console script: `ringsp generate [options]` (the command word may be left out).
+
+    ringsp generate                               # built-in tiny model, 2 CPU processes, checked
+    ringsp generate --model-path DIR --num-gpus 4 --ulysses-degree 2 --ring-degree 2
+    torchrun --nproc-per-node 4 -m ringsp generate --model-path DIR --ring-degree 4
+"""
+import importlib.util
+import sys
+
+from ringsp.models.pipelines import ModelDirError
+
+from .args import PROG, UsageError, build_parser, describe_request, parse_request, usage_exit
+
+COMMANDS = ("generate",)
+
+
+def main(argv=None):
+    """Entry point; returns the exit code (usage errors raise SystemExit(2) after one line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+        print("usage: ringsp generate [options]   (ringsp generate --help lists them)")
+        return 0
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    elif argv and not argv[0].startswith("-"):
+        usage_exit(f"unknown command {argv[0]!r}; the command is 'generate'")
+    missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing and not {"-h", "--help"} & set(argv):
+        print(f"{PROG}: error: needs {' and '.join(missing)} (install ringsp with its 'models' extra)",
+              file=sys.stderr)
+        return 1
+    try:
+        request = parse_request(argv)
+    except UsageError as exc:
+        usage_exit(str(exc))
+    from . import launch
+    from .worker import quiet_libraries
+
+    quiet_libraries()
+    if request.demo:
+        print(f"No arguments given: running the built-in demo, i.e. `{describe_request(request)}` "
+              f"(see `{PROG} --help`)")
+    try:
+        return launch.execute(request)
+    except ModelDirError as exc:  # weights that only loading finds broken (one-process runs)
+        usage_exit(str(exc))
+    except _worker_failures() as exc:
+        print(f"{PROG}: error: a worker process failed:\n{exc}", file=sys.stderr)
+        return 1
+
+
+def _worker_failures():
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    return ProcessRaisedException, ProcessExitedException
+
+
+__all__ = ["main", "build_parser"]
+
+if __name__ == "__main__":
+    sys.exit(main())

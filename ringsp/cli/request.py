@@ -1,0 +1,57 @@
+"""GenerateRequest: one validated `ringsp generate` run, as sent to every worker process."""
+from dataclasses import dataclass
+
+import torch
+
+from .generation import GenerationParams
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model_name: str | None          # a name of ringsp.models.pipelines.MODEL_NAMES (dummy weights) ...
+    model_path: str | None          # ... or a local diffusers directory
+    model_label: str                # for reports and file names
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    num_frames: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    max_sequence_length: int
+    num_gpus: int
+    ulysses_degree: int
+    ring_degree: int
+    cfg_degree: int
+    device: str                     # "cpu" or "cuda"
+    dtype: str                      # torch dtype name, e.g. "bfloat16"
+    vae_dtype: str
+    parallel_vae: bool = True
+    vae_min_parallel_pixels: int | None = None
+    full_text_encoder: bool = False
+    output: str | None = None
+    json_path: str | None = None
+    compare_single: bool = False
+    warmup_steps: int = 0
+    demo: bool = False
+    under_torchrun: bool = False
+
+    @property
+    def torch_dtype(self):
+        return getattr(torch, self.dtype)
+
+    @property
+    def torch_vae_dtype(self):
+        return getattr(torch, self.vae_dtype)
+
+    @property
+    def label(self):
+        return f"u{self.ulysses_degree}r{self.ring_degree}" + ("c2" if self.cfg_degree == 2 else "")
+
+    def params(self):
+        return GenerationParams(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, height=self.height, width=self.width,
+            num_frames=self.num_frames, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
+            max_sequence_length=self.max_sequence_length, parallel_vae=self.parallel_vae,
+            vae_min_parallel_pixels=self.vae_min_parallel_pixels)

@@ -1,0 +1,69 @@
+"""StageTimer: wall-clock seconds of the generation stages and of each denoising step.
+
+Every boundary is synchronised: the device's queued work is waited for and, in a process
+group, every rank passes a barrier, so a stage's time on rank 0 is the time the whole
+group spent in it (a rank that is slower makes everyone's stage longer, as it does in
+the real run). All ranks must enter and leave the same stages in the same order.
+"""
+import contextlib
+import time
+
+import torch
+
+STAGES = ("InputValidation", "TextEncoding", "LatentPreparation", "TimestepPreparation", "Denoising", "Decoding")
+
+
+def make_sync(device=None, group=None, distributed=False):
+    """A function that waits for `device`'s queued work and, if distributed, for all ranks."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def sync():
+        if device.type != "cpu":
+            torch.get_device_module(device).synchronize(device)
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier(group=group)
+
+    return sync
+
+
+class StageTimer:
+    """Collects {stage: seconds} and the per-step times of the Denoising stage.
+
+        timer = StageTimer(sync)
+        with timer.stage("TextEncoding"): ...
+        with timer.stage("Denoising"):
+            for ...: ...; timer.step_done()
+    """
+
+    def __init__(self, sync=None, clock=time.perf_counter):
+        self._sync = sync or (lambda: None)
+        self._clock = clock
+        self.stages = {}
+        self.steps = []
+        self._last_mark = None
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        if name in self.stages:
+            raise ValueError(f"stage {name!r} was already timed")
+        self._sync()
+        start = self._clock()
+        self._last_mark = start
+        try:
+            yield
+        finally:
+            self._sync()
+            self.stages[name] = self._clock() - start
+            self._last_mark = None
+
+    def step_done(self):
+        """Ends one denoising step: steps are back-to-back intervals inside their stage, so
+        their sum never exceeds the stage's time."""
+        if self._last_mark is None:
+            raise RuntimeError("step_done() called outside a timed stage")
+        self._sync()
+        now = self._clock()
+        self.steps.append(now - self._last_mark)
+        self._last_mark = now

@@ -1,0 +1,214 @@
+"""One rank of a `ringsp generate` run: load the pipeline, put it under sequence parallelism,
+generate with stage timings, gather the memory peaks; rank 0 writes the video and returns
+the report.
+
+    outcome = run_rank(request, distributed=True)   # in an initialised process group
+    outcome = run_rank(request, distributed=False)  # one process, plain diffusers transformer
+
+All ranks first check that they were given the same request (torchrun starts each rank
+with its own argv), so ranks that disagree fail together instead of hanging.
+"""
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .generation import generate
+from .memory import peak_memory, reset_peak
+from .report import build_report
+from .timing import StageTimer, make_sync
+from .video import write_video
+
+WEIGHTS_SEED = 0  # dummy weights depend on this only, never on --seed
+
+
+@dataclass
+class RankOutcome:
+    report: dict
+    latents: torch.Tensor | None = None
+    video: torch.Tensor | None = None
+
+
+def quiet_libraries():
+    """Keeps the console to ringsp's own lines: diffusers/transformers info and deprecation chatter off."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:  # the models extra is missing: loading will say so
+        pass
+
+
+def rank_device(request):
+    if request.device == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
+    """Runs the request on this rank; returns a RankOutcome on rank 0 and None elsewhere.
+    quiet: no progress bar, no video file (the reference run of --compare-single).
+    keep_tensors: return the final latents and frames too (for comparisons)."""
+    import torch.distributed as dist
+
+    quiet_libraries()
+    rank = dist.get_rank() if distributed else 0
+    device = rank_device(request)
+    ctx = _parallel_context(request) if distributed else None
+    start = time.perf_counter()
+    pipe, notes = load_pipeline_for(request, device)
+    if distributed and request.model_path is None and device.type != "cpu":
+        _broadcast_weights(pipe)
+    if ctx is not None and ctx.sp_degree > 1:
+        from ringsp.models import enable_sequence_parallel
+
+        enable_sequence_parallel(pipe, ctx)
+    sp_transformer = _sp_enabled(pipe)
+    sync = make_sync(device, None, distributed)
+    sync()
+    load_s = time.perf_counter() - start
+    if request.warmup_steps:
+        generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
+    reset_peak(device)
+    timer = StageTimer(sync)
+    result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
+    memory = _gather(peak_memory(device, rank), distributed)
+    if rank != 0:
+        return None
+    save_s = 0.0
+    if request.output and not quiet:
+        start = time.perf_counter()
+        write_video(request.output, result.video)
+        save_s = time.perf_counter() - start
+    report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
+                                                                      load_s, save_s, distributed, sp_transformer))
+    if not keep_tensors:
+        return RankOutcome(report)
+    return RankOutcome(report, latents=result.latents.float().cpu(), video=result.video)
+
+
+def load_pipeline_for(request, device):
+    """(pipeline on `device`, notes): from --model-path, or built with dummy weights."""
+    from ringsp.models.pipelines import build_dummy_pipeline, load_pipeline
+
+    if request.model_path is not None:
+        pipe = load_pipeline(request.model_path, dtype=request.torch_dtype, device=device,
+                             vae_dtype=request.torch_vae_dtype)
+        return pipe, []
+    return build_dummy_pipeline(request.model_name, dtype=request.torch_dtype, device=device, seed=WEIGHTS_SEED,
+                                full_text_encoder=request.full_text_encoder, vae_dtype=request.torch_vae_dtype)
+
+
+def _parallel_context(request):
+    import torch.distributed as dist
+
+    from ringsp.parallel import ParallelConfig, init_parallel
+
+    _agree_on_request(request)
+    if dist.get_world_size() != request.num_gpus:
+        raise ValueError(f"the process group has {dist.get_world_size()} ranks but the request needs "
+                         f"{request.num_gpus}")
+    return init_parallel(ParallelConfig(request.ulysses_degree, request.ring_degree, request.cfg_degree))
+
+
+def _agree_on_request(request):
+    """Every rank raises the same ValueError if the ranks were given different requests."""
+    import torch.distributed as dist
+
+    mine = dataclasses.asdict(request)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    differ = sorted(k for k in mine if any(other[k] != mine[k] for other in everyone))
+    if differ:
+        detail = "; ".join(f"{k}: " + ", ".join(f"rank {r}={o[k]!r}" for r, o in enumerate(everyone)) for k in differ)
+        raise ValueError(f"ranks were started with different arguments: {detail}")
+
+
+def _broadcast_weights(pipe):
+    """Random weights made on accelerators are only as alike as their RNGs: make them rank 0's."""
+    import torch.distributed as dist
+
+    for name in ("transformer", "transformer_2", "text_encoder", "vae"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def _gather(entry, distributed):
+    if not distributed:
+        return [entry]
+    import torch.distributed as dist
+
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, entry)
+    return everyone
+
+
+def _sp_enabled(pipe):
+    from ringsp.models import is_sequence_parallel_enabled
+
+    return any(is_sequence_parallel_enabled(t) for t in (pipe.transformer, pipe.transformer_2) if t is not None)
+
+
+def _meta(request, device, notes, load_s, save_s, distributed, sp_transformer):
+    import torch.distributed as dist
+
+    backend = str(dist.get_backend()) if distributed else None
+    launcher = "torchrun" if request.under_torchrun else ("spawn" if distributed else "single process")
+    return {
+        "measured_by": "ringsp generate",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "device": _device_info(device, request.num_gpus if distributed else 1),
+        "model": {"name": request.model_label,
+                  "source": request.model_path or "dummy weights (published config, random values)",
+                  "notes": list(notes)},
+        "request": {"prompt": request.prompt, "negative_prompt": request.negative_prompt,
+                    "height": request.height, "width": request.width, "num_frames": request.num_frames,
+                    "steps": request.steps, "guidance_scale": request.guidance_scale, "seed": request.seed,
+                    "dtype": request.dtype, "vae_dtype": request.vae_dtype,
+                    "warmup_steps": request.warmup_steps},
+        "parallel": {"num_gpus": request.num_gpus if distributed else 1,
+                     "ulysses_degree": request.ulysses_degree if distributed else 1,
+                     "ring_degree": request.ring_degree if distributed else 1,
+                     "cfg_degree": request.cfg_degree if distributed else 1,
+                     "parallel_vae": bool(request.parallel_vae and distributed),
+                     "sequence_parallel_transformer": sp_transformer, "backend": backend,
+                     "launcher": launcher},
+        # Outside the stage table and its total: loading weights and writing the file.
+        "load_s": load_s, "save_s": save_s,
+    }
+
+
+def _versions():
+    import diffusers
+    import transformers
+
+    import ringsp
+
+    return {"ringsp": ringsp.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+
+
+def _device_info(device, count):
+    if device.type == "cpu":
+        return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": count,
+                "note": "processes on the CPU (gloo), not GPUs"}
+    return {"type": device.type, "name": torch.get_device_module(device).get_device_name(device), "count": count}

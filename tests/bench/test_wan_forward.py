@@ -1,0 +1,66 @@
+"""bench/wan_forward.py: its helpers, and one whole run on CPU/gloo with a tiny model
+(the real run needs GPUs; this checks the script, not the speed)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
+_PATH = os.path.join(_ROOT, "bench", "wan_forward.py")
+spec = importlib.util.spec_from_file_location("bench_wan_forward", _PATH)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_defaults_and_shapes():
+    args = bench.parse_args([])
+    assert (args.model, args.text_len, args.dtype) == ("wan2.1-t2v-1.3b", 512, "bf16")
+    assert bench.shapes(args) == [("480p", (21, 60, 104)), ("720p", (21, 90, 160))]
+    assert bench.shapes(bench.parse_args(["--latent", "3,6,10"])) == [("latent3,6,10", (3, 6, 10))]
+    with pytest.raises(SystemExit):
+        bench.shapes(bench.parse_args(["--resolutions", "1080p"]))
+
+
+@pytest.mark.parametrize("argv", [["--iters", "0"], ["--dtype", "fp8"], ["--text-len", "0"], ["--device", "tpu"]])
+def test_bad_arguments_exit(argv):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+
+
+def test_factor_pairs():
+    assert bench.factor_pairs(1) == [(1, 1)]
+    assert bench.factor_pairs(4) == [(4, 1), (2, 2), (1, 4)]
+
+
+def test_whole_run_on_cpu(tmp_path):
+    out = tmp_path / "wan.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           _PATH, "--device", "cpu", "--model", "tiny-t2v", "--latent", "3,6,10", "--text-len", "8",
+           "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--json", str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and report["versions"]["torch"]
+    rows = {(r["impl"], r["ulysses"], r["ring"]): r for r in report["results"]}
+    assert set(rows) == {("diffusers-1gpu", 1, 1), ("ringsp", 2, 1), ("ringsp", 1, 2),
+                         ("diffusers-cp", 2, 1), ("diffusers-cp", 1, 2)}
+    for split in ((2, 1), (1, 2)):
+        row = rows[("ringsp", *split)]
+        assert row["seq_len"] == 45 and row["max_rel_err"] < 1e-4 and row["median_ms"] > 0
+        assert "accelerator" in rows[("diffusers-cp", *split)]["error"]  # no diffusers CP on CPU
+
+
+def test_without_cuda_it_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    out = tmp_path / "skip.json"
+    assert bench.main(["--json", str(out)]) == 0
+    assert "CUDA" in json.loads(out.read_text())["skipped"]

@@ -1,0 +1,132 @@
+"""ringsp.models.pipelines: the byte tokenizer, dummy pipelines of the published shapes (built
+on the meta device: shapes only), model-dir inspection, and loading a saved directory back
+(sharded safetensors, keep-in-fp32 modules under bf16)."""
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ringsp.models.pipelines import (  # noqa: E402
+    MODEL_NAMES, ModelDirError, build_dummy_pipeline, byte_tokenizer, inspect_model_dir, load_pipeline, model_info,
+)
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_byte_tokenizer_pads_masks_and_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = byte_tokenizer(16)
+    enc = tok(["a cat é"], padding="max_length", max_length=12, truncation=True, return_attention_mask=True)
+    ids, mask = enc["input_ids"][0], enc["attention_mask"][0]
+    n = len("a cat é".encode()) + 1  # one id per byte, then </s>
+    assert len(ids) == 12 and ids[n - 1] == tok.eos_token_id == 1 and ids[n:] == [0] * (12 - n)
+    assert mask == [1] * n + [0] * (12 - n)
+    assert tok.decode(ids[: n - 1]) == "a cat é"
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert again(["a cat é"])["input_ids"] == tok(["a cat é"])["input_ids"]
+
+
+@pytest.mark.parametrize("name, billions, multiple", [
+    ("wan2.1-t2v-1.3b", 1.42, 16), ("wan2.1-t2v-14b", 14.29, 16), ("wan2.2-ti2v-5b", 5.00, 32),
+    ("wan2.2-t2v-a14b", 14.29, 16),
+])
+def test_dummy_pipelines_have_the_published_shapes(name, billions, multiple):
+    pipe, notes = build_dummy_pipeline(name, device="meta", dtype=torch.bfloat16)
+    assert _count(pipe.transformer) / 1e9 == pytest.approx(billions, abs=0.01)
+    assert (pipe.transformer_2 is not None) == (name == "wan2.2-t2v-a14b")
+    assert pipe.config.expand_timesteps == (name == "wan2.2-ti2v-5b")
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert any("UMT5-XXL" in n for n in notes)  # the stand-in text encoder is said out loud
+    assert model_info(name).size_multiple == (multiple, multiple)
+
+
+def test_full_text_encoder_is_umt5_xxl():
+    pipe, notes = build_dummy_pipeline("wan2.1-t2v-1.3b", device="meta", dtype=torch.bfloat16, full_text_encoder=True)
+    assert _count(pipe.text_encoder) / 1e9 == pytest.approx(5.68, abs=0.01)
+    assert not any("UMT5-XXL" in n for n in notes)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'wan3'"):
+        model_info("wan3")
+    assert "tiny-wan" in MODEL_NAMES
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    pipe, _ = build_dummy_pipeline("tiny-wan", seed=4)
+    path = tmp_path_factory.mktemp("tiny")
+    pipe.save_pretrained(str(path))
+    # re-save the transformer in several shards, as large checkpoints come
+    tdir = path / "transformer"
+    for f in tdir.glob("diffusion_pytorch_model*"):
+        f.unlink()
+    pipe.transformer.save_pretrained(str(tdir), max_shard_size="20KB")
+    assert (tdir / "diffusion_pytorch_model.safetensors.index.json").exists()
+    return pipe, str(path)
+
+
+def test_load_pipeline_round_trip(saved):
+    pipe, path = saved
+    info = inspect_model_dir(path, check_weights=True)
+    assert (info.patch_size, info.vae_scale_spatial, info.vae_scale_temporal, info.num_heads) == ((1, 2, 2), 8, 4, 3)
+    loaded = load_pipeline(path, dtype=torch.float32)
+    for name in ("transformer", "vae", "text_encoder"):
+        ref, got = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert ref.keys() == got.keys()
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
+    assert loaded.tokenizer("a cat")["input_ids"] == pipe.tokenizer("a cat")["input_ids"]
+
+
+def test_bf16_load_keeps_diffusers_fp32_modules(saved):
+    _, path = saved
+    loaded = load_pipeline(path, dtype=torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in loaded.transformer.named_parameters()}
+    assert dtypes["scale_shift_table"] == torch.float32
+    assert dtypes["condition_embedder.time_embedder.linear_1.weight"] == torch.float32
+    assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
+    assert loaded.vae.dtype == torch.float32 and loaded.text_encoder.dtype == torch.bfloat16
+
+
+def test_weights_that_do_not_fit_the_config(saved, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    model = tmp_path / "m"
+    shutil.copytree(path, model)
+    vae_file = model / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(str(vae_file))
+    weights.pop(sorted(weights)[0])
+    weights["surprise.weight"] = torch.zeros(1)
+    save_file(weights, str(vae_file))
+    inspect_model_dir(str(model))  # the JSON alone is fine
+    with pytest.raises(ModelDirError, match="1 missing.*1 unexpected"):
+        inspect_model_dir(str(model), check_weights=True)
+    with pytest.raises(ModelDirError, match="unexpected weights"):
+        load_pipeline(str(model), dtype=torch.float32)
+
+
+def test_missing_shard_and_missing_component(saved, tmp_path):
+    import shutil
+
+    _, path = saved
+    model = tmp_path / "m"
+    shutil.copytree(path, model)
+    index = json.loads((model / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    os.remove(model / "transformer" / sorted(set(index["weight_map"].values()))[-1])
+    with pytest.raises(ModelDirError, match="missing weight shard"):
+        inspect_model_dir(str(model), check_weights=True)
+    mi = json.loads((model / "model_index.json").read_text())
+    del mi["vae"]
+    (model / "model_index.json").write_text(json.dumps(mi))
+    with pytest.raises(ModelDirError, match="lists no 'vae'"):
+        inspect_model_dir(str(model))
