@@ -33,8 +33,7 @@ import torch
 from ringsp.parallel import gather_sequence, shard_sequence, usp_attention
 from ringsp.parallel.agreement import agree, describe
 
-from .sp_hooks import HookSet, call_arg, with_call_arg
-from .wan import _check_ctx
+from .sp_hooks import HookSet, call_arg, check_adapter_target, with_call_arg
 
 # Positions of QwenImageTransformer2DModel.forward's and QwenImageTransformerBlock.forward's
 # arguments (for calls that pass them positionally).
@@ -128,10 +127,7 @@ class QwenSPAdapter:
     """Puts one QwenImageTransformer2DModel under sequence parallelism; `remove()` undoes it."""
 
     def __init__(self, transformer, ctx, check_inputs=True):
-        _check_ctx(ctx)
-        if getattr(transformer, "_parallel_config", None) is not None:
-            raise ValueError("transformer already runs diffusers' own parallelism (enable_parallelism); "
-                             "ringsp's sequence parallelism cannot be stacked on it")
+        check_adapter_target(transformer, ctx)
         self.transformer = transformer
         self.ctx = ctx
         self.check_inputs = check_inputs

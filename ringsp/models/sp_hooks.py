@@ -5,6 +5,8 @@ processors) so that `remove()` puts the model back exactly as it was. `call_arg`
 `with_call_arg` read and replace one argument of a hooked call whether it came positionally
 or by keyword.
 """
+from ringsp.parallel.mesh import ParallelContext
+
 _MISSING = object()
 
 
@@ -49,3 +51,13 @@ def with_call_arg(args, kwargs, index, name, value):
     if name in kwargs or index >= len(args):
         return args, {**kwargs, name: value}
     return args[:index] + (value,) + args[index + 1:], kwargs
+
+
+def check_adapter_target(transformer, ctx):
+    """What every model adapter refuses: a context that is not ringsp's, and a transformer
+    that already runs diffusers' own parallelism (the two cannot be stacked)."""
+    if not isinstance(ctx, ParallelContext):
+        raise TypeError(f"ctx must be a ParallelContext from ringsp.init_parallel, got {type(ctx).__name__}")
+    if getattr(transformer, "_parallel_config", None) is not None:
+        raise ValueError("transformer already runs diffusers' own parallelism (enable_parallelism); "
+                         "ringsp's sequence parallelism cannot be stacked on it")

@@ -25,24 +25,15 @@ import torch
 
 from ringsp.parallel import gather_sequence, shard_sequence, usp_attention
 from ringsp.parallel.agreement import agree, describe
-from ringsp.parallel.mesh import ParallelContext
 
-from .sp_hooks import HookSet, call_arg, with_call_arg
-
-
-def _check_ctx(ctx):
-    if not isinstance(ctx, ParallelContext):
-        raise TypeError(f"ctx must be a ParallelContext from ringsp.init_parallel, got {type(ctx).__name__}")
+from .sp_hooks import HookSet, call_arg, check_adapter_target, with_call_arg
 
 
 class WanSPAdapter:
     """Puts one WanTransformer3DModel under sequence parallelism; `remove()` undoes it."""
 
     def __init__(self, transformer, ctx, check_inputs=True):
-        _check_ctx(ctx)
-        if getattr(transformer, "_parallel_config", None) is not None:
-            raise ValueError("transformer already runs diffusers' own parallelism (enable_parallelism); "
-                             "ringsp's sequence parallelism cannot be stacked on it")
+        check_adapter_target(transformer, ctx)
         self.transformer = transformer
         self.ctx = ctx
         self.check_inputs = check_inputs
