@@ -36,8 +36,12 @@ def _group_key(group):
     return getattr(group, "group_name", None) or id(group)
 
 
-def agree(group, op, fields, local_error=None):
+def agree(group, op, fields, local_error=None, cache=True):
     """Checks that every rank of `group` calls `op` with equal `fields` (a JSON-able dict).
+
+    cache: skip the exchange when this exact call was verified before (for per-call checks
+    on hot paths). A one-off call passes False: a cached skip cannot see a peer that now
+    passes a *different* call it has also seen verified before.
 
     local_error: an exception this rank's own argument checks raised; it is re-raised here
     after the exchange (and the peers raise a ValueError naming this rank), so a rank with
@@ -52,7 +56,7 @@ def agree(group, op, fields, local_error=None):
         fields = dict(fields, error=f"{type(local_error).__name__}: {local_error}")
     blob = json.dumps({"op": op, **fields}, sort_keys=True, default=str).encode()
     key = (_group_key(group), blob)
-    if local_error is None and key in _verified and not CHECK_EVERY_CALL:
+    if cache and local_error is None and key in _verified and not CHECK_EVERY_CALL:
         return
     device = control_device(group)
     digest = int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")

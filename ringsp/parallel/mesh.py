@@ -93,7 +93,7 @@ def init_parallel(config, group=None, timeout=None):
         error = ValueError(f"config {config} needs {config.world_size} ranks but the group has {world}")
     fields = {"ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree,
               "cfg_degree": config.cfg_degree, "world_size": world}
-    agree(group, "init_parallel", fields, error)
+    agree(group, "init_parallel", fields, error, cache=False)  # rare: always exchange
     parent_ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
     me = parent_ranks[rank]
     mine = {}

@@ -73,3 +73,18 @@ def test_init_parallel_argument_errors():
     assert _to_timedelta(5) == datetime.timedelta(seconds=5)
     with pytest.raises(TypeError, match="timeout"):
         _to_timedelta(-1)
+
+
+def _init_each_then_mixed(configs):
+    from ringsp.parallel import init_parallel
+
+    for cfg in configs:  # every rank sees both configs verified first
+        init_parallel(cfg)
+    return _init_with(configs)
+
+
+def test_configs_seen_before_still_fail_when_mixed():
+    """init_parallel never trusts an earlier verification: two configs that each passed
+    before must still be caught when ranks pass different ones."""
+    messages = run_distributed(2, _init_each_then_mixed, [ParallelConfig(2, 1), ParallelConfig(1, 2)])
+    assert all("ulysses_degree: rank 0=2, rank 1=1" in m for m in messages), messages
