@@ -1,6 +1,9 @@
-"""`ringsp generate`: run a Wan pipeline under sequence parallelism, timed stage by stage.
+"""`ringsp generate`: run a Wan (video) or Qwen-Image / Qwen-Image-Edit (image) pipeline under
+sequence parallelism, timed stage by stage.
 
-Modules: args (parser and checks), request (a validated run), launch (spawn / torchrun /
-single process), worker (one rank), generation (the stage-timed loop), timing, memory,
-report (JSON and tables), video (mp4 output), main (the console script).
+Modules: args (parser and checks), request (a validated run), devices (cpu / cuda / npu and
+their process-group backends), launch (spawn / torchrun / single process), worker (one
+rank), generation (the stage-timed loop) with its model runs wan_loop and qwen_loop, timing,
+memory, report (JSON and tables), video (mp4 output), image (png output), main (the console
+script).
 """

@@ -3,22 +3,25 @@
 Every mistake a user can make in the arguments ends here, before any process starts, as
 one line in argparse's style (`ringsp generate: error: ...`, exit code 2): degrees that do
 not multiply to --num-gpus, more GPUs than present, sizes the model cannot take, a
-missing or malformed model directory.
+missing or malformed model directory, a missing or unreadable --image.
 """
 import argparse
+import hashlib
 import os
 import sys
 
-import torch
-
 from ringsp.models.pipelines import MODEL_NAMES, TINY_NAME, ModelDirError, inspect_model_dir, model_info
 
+from .devices import DEVICE_CHOICES, DeviceError, accelerator_count, default_dtype, resolve_device
 from .request import GenerateRequest
 
 PROG = "ringsp generate"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".gif")
+IMAGE_SUFFIXES = (".png",)
+# Qwen-Image's text encoder takes at most this many prompt tokens (diffusers refuses more).
+QWEN_MAX_SEQUENCE_LENGTH = 1024
 DEFAULT_PROMPT = "a cat is playing piano"
 # The no-argument run: the embedded tiny model, 2 gloo processes on a ring, checked
 # against a single-process run of the same generation.
@@ -37,29 +40,36 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Generate a video with a Wan pipeline under sequence parallelism and "
-                "print the stage time breakdown and peak memory. With no arguments: a built-in tiny model on "
-                "2 CPU processes, checked against one process.")
+    p = _Parser(prog=PROG, description="Generate a video (Wan) or an image (Qwen-Image, Qwen-Image-Edit) under "
+                "sequence parallelism and print the stage time breakdown and peak memory. With no arguments: a "
+                "built-in tiny Wan model on 2 CPU processes, checked against one process.")
     model = p.add_argument_group("model")
     src = model.add_mutually_exclusive_group()
-    src.add_argument("--model-path", metavar="DIR", help="local diffusers Wan directory (model_index.json, ...)")
-    src.add_argument("--model", choices=MODEL_NAMES, help="published config (with --dummy-weights) or tiny-wan")
+    src.add_argument("--model-path", metavar="DIR", help="local diffusers directory of a WanPipeline, "
+                     "QwenImagePipeline or QwenImageEditPipeline (the kind is read from its model_index.json)")
+    src.add_argument("--model", choices=MODEL_NAMES, help="published config (with --dummy-weights) or a tiny model")
     model.add_argument("--dummy-weights", action="store_true",
-                   help="random weights of the published shapes (a small random text encoder stands in for UMT5-XXL)")
+                       help="random weights of the published shapes (a small random text encoder stands in for "
+                       "UMT5-XXL / Qwen2.5-VL-7B)")
     model.add_argument("--full-text-encoder", action="store_true",
-                   help="with --dummy-weights: build the full UMT5-XXL text encoder (random) instead")
+                       help="with --dummy-weights: build the full text encoder (random) instead")
     gen = p.add_argument_group("generation")
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--height", type=int, help="pixels; default: the model's")
-    gen.add_argument("--width", type=int, help="pixels; default: the model's")
-    gen.add_argument("--num-frames", type=int, help="4k+1 for Wan; default: the model's")
+    gen.add_argument("--image", metavar="PATH", help="the input image of edit models (qwen-image-edit)")
+    gen.add_argument("--image-area", type=int, metavar="PIXELS",
+                     help="edit models: the input image is resized to about this many pixels at its aspect ratio "
+                     "(default: 1048576 = 1024 x 1024, as diffusers does; tiny models: 4096)")
+    gen.add_argument("--height", type=int, help="pixels; default: the model's (edit: the resized input image's)")
+    gen.add_argument("--width", type=int, help="pixels; default: the model's (edit: the resized input image's)")
+    gen.add_argument("--num-frames", type=int, help="4k+1 for Wan, 1 for Qwen-Image; default: the model's")
     gen.add_argument("--steps", type=int, help="denoising steps; default: the model's")
-    gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on); default: the model's")
+    gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on; Qwen: true_cfg_scale with "
+                     "the negative prompt); default: the model's")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512 for Wan)")
+    gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
     par = p.add_argument_group("parallelism")
-    par.add_argument("--num-gpus", type=int, help="processes (one per GPU; gloo processes on CPU); "
+    par.add_argument("--num-gpus", type=int, help="processes (one per GPU / NPU; gloo processes on CPU); "
                      "default: ulysses x ring x cfg, or WORLD_SIZE under torchrun")
     par.add_argument("--ulysses-degree", type=int)
     par.add_argument("--ring-degree", type=int)
@@ -68,14 +78,15 @@ def build_parser():
     par.add_argument("--vae-min-parallel-pixels", type=int, metavar="N",
                      help="decodes of fewer output pixels x frames run on rank 0 alone (default: ringsp.vae's)")
     run = p.add_argument_group("run")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                     help="auto: CUDA, else an Ascend NPU (torch_npu), else CPU")
     run.add_argument("--dtype", choices=("auto",) + tuple(DTYPES), default="auto",
-                     help="transformer and text encoder (auto: bf16 on CUDA, fp32 on CPU)")
+                     help="transformer and text encoder (auto: bf16 on CUDA and NPU, fp32 on CPU)")
     run.add_argument("--vae-dtype", choices=tuple(DTYPES), default="float32")
     out = run.add_mutually_exclusive_group()
-    out.add_argument("--output", metavar="VIDEO", help="video file (mp4 via imageio-ffmpeg); "
-                     "default: outputs/<model>_<config>.mp4")
-    out.add_argument("--no-output", action="store_true", help="do not write the video")
+    out.add_argument("--output", metavar="FILE", help="Wan: a video (mp4 via imageio-ffmpeg); Qwen: a .png image; "
+                     "default: outputs/<model>_<config>.mp4 / .png")
+    out.add_argument("--no-output", action="store_true", help="do not write the video / image")
     run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
     run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                      help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
@@ -90,7 +101,8 @@ def parse_request(argv, env=None):
     demo = len(argv) == 0
     args = build_parser().parse_args(DEMO_ARGV if demo else argv)
     info = _model(args)
-    sizes = _sizes(args, info)
+    image, reference_size = _image(args, info)
+    sizes = _sizes(args, info, reference_size)
     device = _device(args.device)
     world, local_world = _world(args, env)
     u, r, cfg = _degrees(args, world, sizes["guidance_scale"])
@@ -98,18 +110,19 @@ def parse_request(argv, env=None):
     _check_devices(device, num_gpus, local_world if world is not None else num_gpus)
     dtype = _dtype(args.dtype, device)
     label = f"u{u}r{r}" + ("c2" if cfg == 2 else "")
-    output = None if args.no_output else (args.output or os.path.join("outputs", f"{info.name}_{label}.mp4"))
-    _check_output(output, "--output", VIDEO_SUFFIXES)
+    suffixes = IMAGE_SUFFIXES if info.makes_images else VIDEO_SUFFIXES
+    output = None if args.no_output else (args.output or os.path.join("outputs", f"{info.name}_{label}{suffixes[0]}"))
+    _check_output(output, "--output", suffixes)
     _check_output(args.json, "--json", (".json",))
     return GenerateRequest(
         model_name=args.model if args.model_path is None else None, model_path=args.model_path,
         model_label=info.name, full_text_encoder=args.full_text_encoder,
-        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, **sizes,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, **sizes, **image,
         num_gpus=num_gpus, ulysses_degree=u, ring_degree=r, cfg_degree=cfg,
         parallel_vae=not args.no_parallel_vae, vae_min_parallel_pixels=args.vae_min_parallel_pixels,
-        device=device, dtype=dtype, vae_dtype=args.vae_dtype, output=output, json_path=args.json,
+        device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
         compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo,
-        under_torchrun=world is not None,
+        under_torchrun=world is not None, media="image" if info.makes_images else "video",
     )
 
 
@@ -123,17 +136,47 @@ def _model(args):
         except ModelDirError as exc:
             raise UsageError(str(exc)) from None
     args.model = args.model or TINY_NAME
-    if args.model != TINY_NAME and not args.dummy_weights:
+    tiny = args.model.startswith("tiny-")
+    if not tiny and not args.dummy_weights:
         raise UsageError(f"--model {args.model} needs --dummy-weights (no weights are downloaded); "
                          "for real weights give --model-path DIR")
-    if args.full_text_encoder and args.model == TINY_NAME:
-        raise UsageError("--full-text-encoder applies to the published models, not tiny-wan")
+    if args.full_text_encoder and tiny:
+        raise UsageError(f"--full-text-encoder applies to the published models, not {args.model}")
     return model_info(args.model)
 
 
-def _sizes(args, info):
+def _image(args, info):
+    """({image, image_digest, image_area} request fields, (width, height) the image is resized
+    to) for edit models, the image checked readable; ({}, None) for the others."""
+    if not info.edit:
+        for flag, value in (("--image", args.image), ("--image-area", args.image_area)):
+            if value is not None:
+                raise UsageError(f"{flag} is for edit models (qwen-image-edit); {info.name} takes no input image")
+        return {}, None
+    if args.image is None:
+        raise UsageError(f"{info.name} edits an input image: give it with --image PATH")
+    area = args.image_area if args.image_area is not None else info.defaults.image_area
+    if area < 1:
+        raise UsageError(f"--image-area must be >= 1, got {area}")
+    from .qwen_loop import load_image, reference_size
+
+    try:
+        image = load_image(args.image, what="--image")
+        with open(args.image, "rb") as f:  # ranks started with different files must not agree
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        size = reference_size(image.size, area)
+    except ValueError as exc:
+        raise UsageError(f"--image {args.image!r} with --image-area {area}: {exc}") from None
+    return {"image": args.image, "image_digest": digest, "image_area": area}, size
+
+
+def _sizes(args, info, reference_size):
     d = info.defaults
-    sizes = {"height": _pick(args.height, d.height), "width": _pick(args.width, d.width),
+    width, height = reference_size or (d.width, d.height)
+    sizes = {"height": _pick(args.height, height), "width": _pick(args.width, width),
              "num_frames": _pick(args.num_frames, d.num_frames), "steps": _pick(args.steps, d.steps),
              "guidance_scale": _pick(args.guidance_scale, d.guidance_scale),
              "max_sequence_length": _pick(args.max_sequence_length, d.max_sequence_length)}
@@ -142,15 +185,14 @@ def _sizes(args, info):
         if value < mult or value % mult:
             raise UsageError(f"--{name} {value}: {info.name} needs a positive multiple of {mult} "
                              f"(VAE stride {info.vae_scale_spatial} x patch size {mult // info.vae_scale_spatial})")
-    t = info.vae_scale_temporal
-    if sizes["num_frames"] < 1 or (sizes["num_frames"] - 1) % t:
-        raise UsageError(f"--num-frames {sizes['num_frames']}: {info.name} needs {t}k+1 frames (1, {t + 1}, "
-                         f"{2 * t + 1}, ...): its VAE compresses time {t}x after the first frame")
+    _check_frames(sizes["num_frames"], info)
     if args.vae_min_parallel_pixels is not None and args.vae_min_parallel_pixels < 0:
         raise UsageError(f"--vae-min-parallel-pixels must be >= 0, got {args.vae_min_parallel_pixels}")
     for name in ("steps", "max_sequence_length"):
         if sizes[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {sizes[name]}")
+    if info.family == "qwen":
+        _check_qwen(sizes, args.warmup_steps)
     if not sizes["guidance_scale"] >= 0:
         raise UsageError(f"--guidance-scale must be >= 0, got {sizes['guidance_scale']}")
     if args.warmup_steps < 0:
@@ -160,16 +202,36 @@ def _sizes(args, info):
     return sizes
 
 
+def _check_qwen(sizes, warmup_steps):
+    # Qwen-Image's scheduler stretches the sigmas to its terminal shift: one step makes 0 / 0.
+    for flag, value in (("--steps", sizes["steps"]), ("--warmup-steps", warmup_steps)):
+        if value == 1:
+            raise UsageError(f"{flag} 1: Qwen-Image's scheduler needs at least 2 steps (one gives NaN sigmas)")
+    if sizes["max_sequence_length"] > QWEN_MAX_SEQUENCE_LENGTH:
+        raise UsageError(f"--max-sequence-length {sizes['max_sequence_length']}: Qwen-Image takes at most "
+                         f"{QWEN_MAX_SEQUENCE_LENGTH} text tokens")
+
+
+def _check_frames(num_frames, info):
+    if info.makes_images:
+        if num_frames != 1:
+            raise UsageError(f"--num-frames {num_frames}: {info.name} makes one image (--num-frames 1)")
+        return
+    t = info.vae_scale_temporal
+    if num_frames < 1 or (num_frames - 1) % t:
+        raise UsageError(f"--num-frames {num_frames}: {info.name} needs {t}k+1 frames (1, {t + 1}, "
+                         f"{2 * t + 1}, ...): its VAE compresses time {t}x after the first frame")
+
+
 def _pick(value, default):
     return default if value is None else value
 
 
 def _device(choice):
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine (use --device cpu)")
-    return choice
+    try:
+        return resolve_device(choice)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _world(args, env):
@@ -216,18 +278,17 @@ def _degrees(args, world, guidance_scale):
 
 
 def _check_devices(device, num_gpus, local_processes):
-    if device != "cuda":
+    if device == "cpu":
         return
-    present = torch.cuda.device_count()
+    present = accelerator_count(device)
+    kind = "GPUs" if device == "cuda" else "NPUs"
     if local_processes > present:
-        raise UsageError(f"--num-gpus {num_gpus} needs {local_processes} GPUs on this machine but "
+        raise UsageError(f"--num-gpus {num_gpus} needs {local_processes} {kind} on this machine but "
                          f"{present} {'is' if present == 1 else 'are'} present")
 
 
 def _dtype(choice, device):
-    if choice == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
-    return str(DTYPES[choice]).replace("torch.", "")
+    return default_dtype(device) if choice == "auto" else DTYPES[choice]
 
 
 def _check_output(path, flag, suffixes):

@@ -4,9 +4,11 @@ Three ways to run, picked from the request:
 - under torchrun (RANK / WORLD_SIZE in the environment): this process is one rank;
   rank 0 finishes (tables, JSON, --compare-single);
 - one GPU / one process: everything here, no process group;
-- otherwise: `num_gpus` worker processes are spawned (one per GPU, gloo processes on CPU)
-  on a free local port; rank 0 hands its outcome back through a file and this process
+- otherwise: `num_gpus` worker processes are spawned (one per GPU or NPU, gloo processes on
+  CPU) on a free local port; rank 0 hands its outcome back through a file and this process
   finishes.
+
+The process group's backend follows the device: NCCL on CUDA, HCCL on Ascend NPUs, gloo on CPU.
 """
 import dataclasses
 import datetime
@@ -17,6 +19,7 @@ import tempfile
 
 import torch
 
+from .devices import backend_for, device_module
 from .report import format_memory_table, format_stage_table
 from .worker import run_rank
 
@@ -50,16 +53,17 @@ def _as_torchrun_rank(request, out):
 
 
 def init_group(request, local_rank):
-    """The default process group: NCCL on CUDA (this rank's GPU set first), gloo on CPU."""
+    """The default process group with the device's backend (this rank's accelerator set first)."""
     import torch.distributed as dist
 
-    timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
-    if request.device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", init_method="env://", timeout=timeout,
-                                device_id=torch.device("cuda", local_rank))
-    else:
-        dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+    backend = backend_for(request.device)
+    kwargs = {}
+    if request.device != "cpu":
+        device_module(request.device).set_device(local_rank)  # imports torch_npu for NPUs
+        if backend == "nccl":  # binds the group to the GPU at once (HCCL takes no device_id)
+            kwargs["device_id"] = torch.device("cuda", local_rank)
+    dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S),
+                            **kwargs)
 
 
 def _spawn(request):
@@ -85,8 +89,14 @@ def _spawned_rank(local_rank, request, port, path):
         outcome = run_rank(request, distributed=True, keep_tensors=request.compare_single)
         if outcome is not None:
             torch.save(outcome, path)
+        dist.barrier()  # no rank tears down while a peer still works
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: in CI a worker once aborted there ("terminate called
+    # without an active exception") after its work was done and saved; the result is on disk.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port():
@@ -116,7 +126,7 @@ def compare_with_single(request, outcome):
                                  under_torchrun=False, compare_single=False, warmup_steps=0)
     ref = run_rank(single, distributed=False, quiet=True, keep_tensors=True)
     tol = COMPARE_TOL[request.dtype]
-    d_frames = (outcome.video - ref.video).abs().max().item()
+    d_frames = (outcome.frames - ref.frames).abs().max().item()
     d_latents = (outcome.latents - ref.latents).abs().max().item()
     return {"reference": "the same generation in a single process", "max_abs_diff_frames": d_frames,
             "max_abs_diff_latents": d_latents, "tolerance": tol, "equal": max(d_frames, d_latents) <= tol}
@@ -126,12 +136,14 @@ def _print_report(report, request, out):
     for note in report["model"]["notes"]:
         print(f"Note: {note}", file=out)
     p, r = report["parallel"], report["request"]
-    print(f"\nringsp generate: {report['model']['name']}, {r['width']}x{r['height']}, {r['num_frames']} frames, "
+    shape = "image" if r.get("media") == "image" else f"{r['num_frames']} frames"
+    print(f"\nringsp generate: {report['model']['name']}, {r['width']}x{r['height']}, {shape}, "
           f"{r['steps']} steps, {r['dtype']}, {p['num_gpus']} x {report['device']['type']} "
           f"({p['launcher']}, ulysses {p['ulysses_degree']} x ring {p['ring_degree']} x cfg {p['cfg_degree']}, "
           f"parallel VAE {'on' if p['parallel_vae'] else 'off'})", file=out)
     print("\nStage time breakdown\n" + format_stage_table(report), file=out)
-    print(f"(model loading {report['load_s']:.2f} s and writing the video {report['save_s']:.2f} s are outside "
+    what = "image" if r.get("media") == "image" else "video"
+    print(f"(model loading {report['load_s']:.2f} s and writing the {what} {report['save_s']:.2f} s are outside "
           "the total)", file=out)
     print("\nPeak memory per rank\n" + format_memory_table(report), file=out)
     if "sp_check" in report:
@@ -141,7 +153,7 @@ def _print_report(report, request, out):
               f"frames {c['max_abs_diff_frames']:.3g}, latents {c['max_abs_diff_latents']:.3g} "
               f"(tolerance {c['tolerance']:g} for {request.dtype})", file=out)
     if request.output:
-        print(f"Video written to {request.output}", file=out)
+        print(f"{'Image' if request.media == 'image' else 'Video'} written to {request.output}", file=out)
 
 
 def write_json(report, path):

@@ -2,6 +2,7 @@
 
     ringsp generate                               # built-in tiny model, 2 CPU processes, checked
     ringsp generate --model-path DIR --num-gpus 4 --ulysses-degree 2 --ring-degree 2
+    ringsp generate --model-path QWEN_EDIT_DIR --image in.png --prompt "make it blue" --num-gpus 2
     torchrun --nproc-per-node 4 -m ringsp generate --model-path DIR --ring-degree 4
 """
 import importlib.util

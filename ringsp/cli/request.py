@@ -24,7 +24,7 @@ class GenerateRequest:
     ulysses_degree: int
     ring_degree: int
     cfg_degree: int
-    device: str                     # "cpu" or "cuda"
+    device: str                     # "cpu", "cuda" or "npu"
     dtype: str                      # torch dtype name, e.g. "bfloat16"
     vae_dtype: str
     parallel_vae: bool = True
@@ -36,6 +36,10 @@ class GenerateRequest:
     warmup_steps: int = 0
     demo: bool = False
     under_torchrun: bool = False
+    media: str = "video"            # what the model makes: "video" (Wan) or "image" (Qwen-Image)
+    image: str | None = None        # edit models: the input image's path ...
+    image_digest: str | None = None  # ... its sha256, so ranks given different files fail together
+    image_area: int | None = None   # ... and the pixels it is resized to
 
     @property
     def torch_dtype(self):
@@ -54,4 +58,4 @@ class GenerateRequest:
             prompt=self.prompt, negative_prompt=self.negative_prompt, height=self.height, width=self.width,
             num_frames=self.num_frames, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
             max_sequence_length=self.max_sequence_length, parallel_vae=self.parallel_vae,
-            vae_min_parallel_pixels=self.vae_min_parallel_pixels)
+            vae_min_parallel_pixels=self.vae_min_parallel_pixels, image=self.image, image_area=self.image_area)

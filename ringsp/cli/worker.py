@@ -1,6 +1,6 @@
 """One rank of a `ringsp generate` run: load the pipeline, put it under sequence parallelism,
-generate with stage timings, gather the memory peaks; rank 0 writes the video and returns
-the report.
+generate with stage timings, gather the memory peaks; rank 0 writes the video or image and
+returns the report.
 
     outcome = run_rank(request, distributed=True)   # in an initialised process group
     outcome = run_rank(request, distributed=False)  # one process, plain diffusers transformer
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import devices
 from .generation import generate
+from .image import write_image
 from .memory import peak_memory, reset_peak
 from .report import build_report
 from .timing import StageTimer, make_sync
@@ -33,7 +35,7 @@ WEIGHTS_SEED = 0  # dummy weights depend on this only, never on --seed
 class RankOutcome:
     report: dict
     latents: torch.Tensor | None = None
-    video: torch.Tensor | None = None
+    frames: torch.Tensor | None = None  # [F, H, W, 3] in [0, 1]; F = 1 for an image
 
 
 def quiet_libraries():
@@ -55,14 +57,12 @@ def quiet_libraries():
 
 
 def rank_device(request):
-    if request.device == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return devices.rank_device(request.device, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     """Runs the request on this rank; returns a RankOutcome on rank 0 and None elsewhere.
-    quiet: no progress bar, no video file (the reference run of --compare-single).
+    quiet: no progress bar, no output file (the reference run of --compare-single).
     keep_tensors: return the final latents and frames too (for comparisons)."""
     import torch.distributed as dist
 
@@ -93,13 +93,13 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     save_s = 0.0
     if request.output and not quiet:
         start = time.perf_counter()
-        write_video(request.output, result.video)
+        (write_image if request.media == "image" else write_video)(request.output, result.frames)
         save_s = time.perf_counter() - start
     report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
                                                                       load_s, save_s, distributed, sp_transformer))
     if not keep_tensors:
         return RankOutcome(report)
-    return RankOutcome(report, latents=result.latents.float().cpu(), video=result.video)
+    return RankOutcome(report, latents=result.latents.float().cpu(), frames=result.frames)
 
 
 def load_pipeline_for(request, device):
@@ -107,9 +107,8 @@ def load_pipeline_for(request, device):
     from ringsp.models.pipelines import build_dummy_pipeline, load_pipeline
 
     if request.model_path is not None:
-        pipe = load_pipeline(request.model_path, dtype=request.torch_dtype, device=device,
+        return load_pipeline(request.model_path, dtype=request.torch_dtype, device=device,
                              vae_dtype=request.torch_vae_dtype)
-        return pipe, []
     return build_dummy_pipeline(request.model_name, dtype=request.torch_dtype, device=device, seed=WEIGHTS_SEED,
                                 full_text_encoder=request.full_text_encoder, vae_dtype=request.torch_vae_dtype)
 
@@ -164,7 +163,8 @@ def _gather(entry, distributed):
 def _sp_enabled(pipe):
     from ringsp.models import is_sequence_parallel_enabled
 
-    return any(is_sequence_parallel_enabled(t) for t in (pipe.transformer, pipe.transformer_2) if t is not None)
+    transformers = (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+    return any(is_sequence_parallel_enabled(t) for t in transformers if t is not None)
 
 
 def _meta(request, device, notes, load_s, save_s, distributed, sp_transformer):
@@ -184,7 +184,8 @@ def _meta(request, device, notes, load_s, save_s, distributed, sp_transformer):
                     "height": request.height, "width": request.width, "num_frames": request.num_frames,
                     "steps": request.steps, "guidance_scale": request.guidance_scale, "seed": request.seed,
                     "dtype": request.dtype, "vae_dtype": request.vae_dtype,
-                    "warmup_steps": request.warmup_steps},
+                    "warmup_steps": request.warmup_steps, "media": request.media, "image": request.image,
+                    "image_area": request.image_area},
         "parallel": {"num_gpus": request.num_gpus if distributed else 1,
                      "ulysses_degree": request.ulysses_degree if distributed else 1,
                      "ring_degree": request.ring_degree if distributed else 1,

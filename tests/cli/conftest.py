@@ -35,3 +35,72 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-wan-dir")
     build_test_pipeline().save_pretrained(str(path))
     return str(path)
+
+
+# ------------------------------------------------------------------------------ Qwen-Image
+# Qwen: 2 heads (Ulysses over 3 ranks pads them), 48 x 80 pixels -> 3 x 5 = 15 packed tokens
+# (uneven over 2 ranks); the edit input image is resized to about 48 x 48 pixels.
+QWEN_SIZE = {"height": 48, "width": 80}
+QWEN_IMAGE_AREA = 48 * 48
+
+
+def build_qwen_test_pipeline(edit, seed=7):
+    """A tiny QwenImagePipeline / QwenImageEditPipeline from diffusers' classes with its own
+    configs, and ringsp's offline tokenizer, text encoder config and processor."""
+    from diffusers import (
+        AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from ringsp.models.pipelines.qwen import template_corpus
+    from ringsp.models.pipelines.qwen_text import (
+        QwenImageTextProcessor, image_processor, qwen_tokenizer, text_encoder_config,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer(template_corpus())
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=[4, 6, 6])
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True],
+                                 latents_mean=[0.2, -0.1, 0.0, 0.3], latents_std=[1.1, 0.9, 1.3, 0.7])
+    text_encoder = Qwen2_5_VLForConditionalGeneration(text_encoder_config(tokenizer, 16, "tiny"))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+    parts = dict(scheduler=scheduler, vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                 transformer=transformer.eval())
+    if edit:
+        return QwenImageEditPipeline(processor=QwenImageTextProcessor(image_processor(), tokenizer), **parts)
+    return QwenImagePipeline(**parts)
+
+
+def write_test_image(path, size=(72, 40), seed=0):
+    """A random RGB PNG of size (width, height)."""
+    import numpy as np
+    import PIL.Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen-dir")
+    build_qwen_test_pipeline(edit=False).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def qwen_edit_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen-edit-dir")
+    build_qwen_test_pipeline(edit=True).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def input_image(tmp_path_factory):
+    return write_test_image(tmp_path_factory.mktemp("images") / "input.png")

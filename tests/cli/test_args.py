@@ -164,3 +164,85 @@ def test_python_m_ringsp_reports_usage_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("ringsp generate: error: ") and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------ Qwen-Image
+
+
+QWEN = ["--model", "tiny-qwen-image", "--device", "cpu", "--no-output"]
+QWEN_EDIT = ["--model", "tiny-qwen-image-edit", "--device", "cpu", "--no-output"]
+
+
+def test_edit_needs_an_image(capsys):
+    usage_error(capsys, QWEN_EDIT, "edits an input image", "--image PATH")
+
+
+def test_bad_image_paths(capsys, tmp_path):
+    usage_error(capsys, QWEN_EDIT + ["--image", str(tmp_path / "nope.png")], "--image", "no such file")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    usage_error(capsys, QWEN_EDIT + ["--image", str(broken)], "cannot read it as an image")
+    usage_error(capsys, QWEN_EDIT + ["--image", str(tmp_path)], "is not a file")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (QWEN + ["--height", "40"], ["--height 40", "multiple of 16", "VAE stride 8 x patch size 2"]),
+    (QWEN + ["--width", "8"], ["--width 8"]),
+    (QWEN + ["--num-frames", "5"], ["makes one image"]),
+    (QWEN + ["--max-sequence-length", "2048"], ["at most 1024"]),
+    (QWEN + ["--steps", "1"], ["at least 2 steps"]),
+    (QWEN + ["--warmup-steps", "1"], ["--warmup-steps 1"]),
+    (QWEN + ["--image", "x.png"], ["--image is for edit models"]),
+    (QWEN + ["--image-area", "4096"], ["--image-area is for edit models"]),
+    (["--model", "qwen-image"], ["--dummy-weights"]),
+    (QWEN + ["--full-text-encoder"], ["--full-text-encoder applies to the published models"]),
+])
+def test_qwen_bad_arguments(capsys, argv, expected):
+    usage_error(capsys, argv, *expected)
+
+
+def test_qwen_output_must_be_png(capsys):
+    usage_error(capsys, QWEN[:-1] + ["--output", "image.mp4"], "--output", ".png")
+
+
+def test_edit_image_area_and_size_checks(capsys, input_image):
+    usage_error(capsys, QWEN_EDIT + ["--image", input_image, "--image-area", "0"], "--image-area must be >= 1")
+    usage_error(capsys, QWEN_EDIT + ["--image", input_image, "--image-area", "64"], "under 32 pixels")
+    usage_error(capsys, QWEN_EDIT + ["--image", input_image, "--height", "50"], "--height 50")
+
+
+def test_qwen_defaults():
+    req = parse_request(QWEN[:-1], env={})
+    assert (req.height, req.width, req.num_frames, req.steps, req.guidance_scale) == (48, 80, 1, 4, 4.0)
+    assert req.media == "image" and req.output == os.path.join("outputs", "tiny-qwen-image_u1r1.png")
+    assert req.image is None and req.params().image is None
+    big = parse_request(["--model", "qwen-image", "--dummy-weights", "--device", "cpu"], env={})
+    assert (big.height, big.width, big.steps, big.max_sequence_length) == (1024, 1024, 50, 512)
+
+
+def test_edit_size_follows_the_input_image(input_image):
+    # 72 x 40 pixels at about 64 x 64 (tiny's image area) -> 96 x 32, rounded as diffusers does
+    req = parse_request(QWEN_EDIT + ["--image", input_image], env={})
+    assert (req.width, req.height, req.image_area) == (96, 32, 64 * 64)
+    assert req.image == input_image and len(req.image_digest) == 64
+    req = parse_request(QWEN_EDIT + ["--image", input_image, "--image-area", str(48 * 48), "--height", "48"], env={})
+    assert (req.width, req.height, req.image_area) == (64, 48, 48 * 48)
+    assert req.params().image == input_image and req.params().image_area == 48 * 48
+
+
+def test_qwen_model_dirs(qwen_model_dir, qwen_edit_model_dir, input_image, capsys):
+    req = parse_request(["--model-path", qwen_model_dir, "--device", "cpu", "--height", "32", "--width", "48"], env={})
+    assert (req.media, req.model_name, req.steps, req.guidance_scale) == ("image", None, 50, 4.0)
+    usage_error(capsys, ["--model-path", qwen_edit_model_dir, "--device", "cpu"], "edits an input image")
+    req = parse_request(["--model-path", qwen_edit_model_dir, "--device", "cpu", "--image", input_image], env={})
+    assert (req.width, req.height, req.image_area) == (1376, 768, 1024 * 1024)  # diffusers' 1024 x 1024 area
+
+
+@pytest.mark.parametrize("key, what", [("guidance_embeds", "guidance-distilled"), ("zero_cond_t", "Edit-2511"),
+                                       ("in_channels", "packed")])
+def test_unsupported_qwen_transformers(capsys, qwen_model_dir, tmp_path, key, what):
+    model = _copy_dir(qwen_model_dir, tmp_path)
+    config = json.loads((model / "transformer" / "config.json").read_text())
+    config[key] = 12 if key == "in_channels" else True
+    (model / "transformer" / "config.json").write_text(json.dumps(config))
+    usage_error(capsys, ["--model-path", str(model)], what)

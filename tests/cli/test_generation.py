@@ -37,7 +37,7 @@ def test_matches_diffusers_call(pipe, guidance):
     result = generate(pipe, params, timer=timer)
     ref = _reference(pipe, params)
     assert ref.std() > 0.01  # a real picture of noise, not a constant
-    np.testing.assert_array_equal(result.video.numpy(), ref)
+    np.testing.assert_array_equal(result.frames.numpy(), ref)
     assert result.latents.shape == (1, 4, 3, 6, 10) and result.latents.dtype == torch.float32
     assert list(timer.stages) == list(STAGES) and len(timer.steps) == params.steps
 
@@ -52,7 +52,7 @@ def test_two_experts_and_per_token_timesteps_match_diffusers(pipe):
                      scheduler=pipe.scheduler, transformer=pipe.transformer, transformer_2=second,
                      boundary_ratio=0.6, expand_timesteps=True)
     params = _params(guidance_scale=3.0, steps=4)
-    np.testing.assert_array_equal(generate(two, params).video.numpy(), _reference(two, params))
+    np.testing.assert_array_equal(generate(two, params).frames.numpy(), _reference(two, params))
     # and the second expert really ran: without it the result differs
     one = type(pipe)(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
                      scheduler=pipe.scheduler, transformer=pipe.transformer, expand_timesteps=True)

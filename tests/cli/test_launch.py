@@ -36,7 +36,7 @@ def test_compare_single_fails_on_a_difference(tiny_model_dir, capsys):
     request = parse_request(["--model-path", tiny_model_dir, "--device", "cpu", "--steps", "1", *SIZE_ARGS,
                              "--no-output", "--compare-single"], env={})
     outcome = run_rank(request, distributed=False, quiet=True, keep_tensors=True)
-    outcome.video = outcome.video + 0.01  # what a wrong shard would do
+    outcome.frames = outcome.frames + 0.01  # what a wrong shard would do
     assert finish(request, outcome) == 1
     assert "DIFFERS FROM" in capsys.readouterr().out
     assert outcome.report["sp_check"]["equal"] is False

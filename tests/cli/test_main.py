@@ -1,5 +1,6 @@
 """`ringsp generate` end to end, in process (main(argv)): from a --model-path directory in one
-process and in two spawned gloo processes, and the no-argument demo."""
+process and in two spawned gloo processes (Wan videos, Qwen-Image / Edit PNGs), and the
+no-argument demo."""
 import json
 
 import imageio.v2 as imageio
@@ -67,3 +68,38 @@ def test_broken_weights_are_a_usage_error(tiny_model_dir, tmp_path, capsys):
         main(["--model-path", str(model), "--device", "cpu"])
     assert exc.value.code == 2
     assert "unreadable weights file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ Qwen-Image
+
+
+def _read_png(path):
+    import numpy as np
+    import PIL.Image
+
+    with PIL.Image.open(path) as img:
+        return img.format, np.asarray(img.convert("RGB"))
+
+
+def test_qwen_edit_from_model_path_writes_png(qwen_edit_model_dir, input_image, tmp_path, capsys):
+    image, report_path = tmp_path / "out" / "edited.png", tmp_path / "r.json"
+    code = main(["generate", "--model-path", qwen_edit_model_dir, "--image", input_image, "--image-area", "2304",
+                 "--prompt", "add a hat", "--device", "cpu", "--steps", "2", "--output", str(image),
+                 "--json", str(report_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    for name in STAGES + ("Total", "Peak memory per rank", "64x32, image", f"Image written to {image}"):
+        assert name in out
+    report = json.loads(report_path.read_text())
+    assert check_report(report) == [] and report["request"]["media"] == "image"
+    fmt, pixels = _read_png(image)
+    assert fmt == "PNG" and pixels.shape == (32, 64, 3) and pixels.std() > 1  # the resized input's size
+
+
+def test_qwen_two_processes_cfg_parallel(qwen_model_dir, tmp_path, capsys):
+    image = tmp_path / "q.png"
+    code = main(["--model-path", qwen_model_dir, "--device", "cpu", "--steps", "2", "--height", "48", "--width", "80",
+                 "--num-gpus", "2", "--cfg-parallel", "--compare-single", "--output", str(image)])
+    assert code == 0
+    assert "SP check: the 2-process result equals the single-process result" in capsys.readouterr().out
+    assert _read_png(image)[1].shape == (48, 80, 3)

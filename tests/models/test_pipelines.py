@@ -1,11 +1,16 @@
 """ringsp.models.pipelines: the byte tokenizer, dummy pipelines of the published shapes (built
 on the meta device: shapes only), model-dir inspection, and loading a saved directory back
-(sharded safetensors, keep-in-fp32 modules under bf16)."""
+(sharded safetensors, keep-in-fp32 modules under bf16); for Qwen-Image also the offline
+tokenizer (the templates' system prompts are exactly the tokens the pipelines drop), the
+image + text processor, and Edit directories that name transformers' Qwen2VLProcessor."""
+import functools
 import json
 import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("diffusers")
 
@@ -77,7 +82,8 @@ def test_load_pipeline_round_trip(saved):
     pipe, path = saved
     info = inspect_model_dir(path, check_weights=True)
     assert (info.patch_size, info.vae_scale_spatial, info.vae_scale_temporal, info.num_heads) == ((1, 2, 2), 8, 4, 3)
-    loaded = load_pipeline(path, dtype=torch.float32)
+    loaded, notes = load_pipeline(path, dtype=torch.float32)
+    assert notes == []
     for name in ("transformer", "vae", "text_encoder"):
         ref, got = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert ref.keys() == got.keys()
@@ -87,7 +93,7 @@ def test_load_pipeline_round_trip(saved):
 
 def test_bf16_load_keeps_diffusers_fp32_modules(saved):
     _, path = saved
-    loaded = load_pipeline(path, dtype=torch.bfloat16)
+    loaded, _ = load_pipeline(path, dtype=torch.bfloat16)
     dtypes = {n: p.dtype for n, p in loaded.transformer.named_parameters()}
     assert dtypes["scale_shift_table"] == torch.float32
     assert dtypes["condition_embedder.time_embedder.linear_1.weight"] == torch.float32
@@ -129,4 +135,153 @@ def test_missing_shard_and_missing_component(saved, tmp_path):
     del mi["vae"]
     (model / "model_index.json").write_text(json.dumps(mi))
     with pytest.raises(ModelDirError, match="lists no 'vae'"):
+        inspect_model_dir(str(model))
+
+
+# ------------------------------------------------------------------------------ Qwen-Image
+
+
+@pytest.mark.parametrize("name, edit", [("qwen-image", False), ("qwen-image-edit", True)])
+def test_qwen_dummy_pipelines_have_the_published_shapes(name, edit):
+    from diffusers import QwenImageEditPipeline
+
+    pipe, notes = build_dummy_pipeline(name, device="meta", dtype=torch.bfloat16)
+    assert isinstance(pipe, QwenImageEditPipeline) == edit
+    assert _count(pipe.transformer) / 1e9 == pytest.approx(20.43, abs=0.01)
+    assert _count(pipe.vae) / 1e9 == pytest.approx(0.127, abs=0.001)
+    assert _count(pipe.text_encoder) / 1e9 < 1.0  # the 2 + 2 layer stand-in
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert any("Qwen2.5-VL-7B" in n for n in notes) and any("tokenizer" in n for n in notes)
+    info = model_info(name)
+    assert (info.size_multiple, info.edit, info.makes_images) == ((16, 16), edit, True)
+
+
+def test_qwen_full_text_encoder_is_qwen25_vl_7b():
+    pipe, notes = build_dummy_pipeline("qwen-image", device="meta", dtype=torch.bfloat16, full_text_encoder=True)
+    assert _count(pipe.text_encoder) / 1e9 == pytest.approx(8.29, abs=0.01)
+    assert not any("Qwen2.5-VL-7B" in n for n in notes)
+
+
+def test_qwen_tokenizer_drops_exactly_the_system_prompt(tmp_path):
+    from transformers import AutoTokenizer
+
+    from ringsp.models.pipelines.qwen import template_corpus
+    from ringsp.models.pipelines.qwen_text import qwen_tokenizer
+
+    tok = qwen_tokenizer(template_corpus())
+    assert tok.get_vocab() == qwen_tokenizer(template_corpus()).get_vocab()  # every rank builds the same
+    # diffusers' prompt_template_encode_start_idx: 34 (Qwen-Image), 64 (Edit)
+    for drop, template, kept in zip((34, 64), template_corpus(), ("", "<|vision_start|><|image_pad|><|vision_end|>")):
+        ids = tok(template.format("Ein Hund läuft"))["input_ids"]
+        assert tok.convert_ids_to_tokens(ids[drop - 3:drop]) == ["<|im_start|>", "user", "Ċ"]  # the cut
+        assert tok.decode(ids[drop:]) == kept + "Ein Hund läuft<|im_end|>\n<|im_start|>assistant\n"
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = template_corpus()[1].format("mach es blau 🙂")
+    assert again(text)["input_ids"] == tok(text)["input_ids"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=40))
+def test_qwen_tokenizer_round_trips_any_text(text):
+    import unicodedata
+
+    tok = _qwen_tokenizer()
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == unicodedata.normalize("NFC", text)  # Qwen's tokenizer normalises to NFC
+    assert all(0 <= i < len(tok) for i in ids)
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tokenizer():
+    from ringsp.models.pipelines.qwen import template_corpus
+    from ringsp.models.pipelines.qwen_text import qwen_tokenizer
+
+    return qwen_tokenizer(template_corpus())
+
+
+def test_qwen_processor_expands_image_tokens(tmp_path):
+    import PIL.Image
+
+    from ringsp.models.pipelines.qwen import template_corpus
+    from ringsp.models.pipelines.qwen_text import QwenImageTextProcessor, image_processor, qwen_tokenizer
+
+    tok = qwen_tokenizer(template_corpus())
+    proc = QwenImageTextProcessor(image_processor(), tok)
+    text = template_corpus()[1].format("add a hat")
+    out = proc(text=[text], images=PIL.Image.new("RGB", (96, 64), (10, 200, 30)), padding=True, return_tensors="pt")
+    grid = out["image_grid_thw"][0].tolist()
+    assert grid[0] == 1 and grid[1] * grid[2] == out["pixel_values"].shape[0]  # one row per 14 x 14 patch
+    pads = (out["input_ids"][0] == tok.convert_tokens_to_ids("<|image_pad|>")).sum().item()
+    assert pads == grid[1] * grid[2] // 4  # one token per 2 x 2 merged patches, as Qwen2VLProcessor makes
+    proc.save_pretrained(tmp_path)
+    again = QwenImageTextProcessor.from_pretrained(str(tmp_path))
+    back = again(text=[text], images=PIL.Image.new("RGB", (96, 64), (10, 200, 30)), padding=True, return_tensors="pt")
+    assert torch.equal(back["input_ids"], out["input_ids"]) and torch.equal(back["pixel_values"], out["pixel_values"])
+    with pytest.raises(ValueError, match="image"):
+        proc(text=["no image token here"], images=PIL.Image.new("RGB", (64, 64)), return_tensors="pt")
+
+
+@pytest.fixture(scope="module")
+def saved_qwen_edit(tmp_path_factory):
+    pipe, _ = build_dummy_pipeline("tiny-qwen-image-edit", seed=4)
+    path = tmp_path_factory.mktemp("tiny-qwen-edit")
+    pipe.save_pretrained(str(path))
+    return pipe, path
+
+
+def _same_weights(a, b):
+    for name in ("transformer", "vae", "text_encoder"):
+        ref, got = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), name
+
+
+def test_qwen_edit_dir_round_trip(saved_qwen_edit):
+    from ringsp.models.pipelines.qwen_text import QwenImageTextProcessor
+
+    pipe, path = saved_qwen_edit
+    info = inspect_model_dir(str(path), check_weights=True)
+    assert (info.family, info.edit, info.patch_size, info.vae_scale_spatial, info.num_heads) == \
+        ("qwen", True, (1, 2, 2), 8, 3)
+    assert info.defaults.image_area == 1024 * 1024  # a directory gets diffusers' defaults
+    loaded, notes = load_pipeline(str(path), dtype=torch.float32)
+    _same_weights(pipe, loaded)
+    assert isinstance(loaded.processor, QwenImageTextProcessor) and notes == []
+
+
+def test_qwen_edit_dir_naming_qwen2vlprocessor(saved_qwen_edit, tmp_path):
+    """A published Qwen-Image-Edit directory names transformers' Qwen2VLProcessor; without
+    torchvision its processor folder is read into QwenImageTextProcessor, and the run says so."""
+    import shutil
+
+    from transformers.utils import is_torchvision_available
+
+    from ringsp.models.pipelines.qwen_text import QwenImageTextProcessor
+
+    if is_torchvision_available():
+        pytest.skip("with torchvision, transformers' own Qwen2VLProcessor loads")
+    pipe, path = saved_qwen_edit
+    model = tmp_path / "m"
+    shutil.copytree(path, model)
+    index = json.loads((model / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    (model / "model_index.json").write_text(json.dumps(index))
+    loaded, notes = load_pipeline(str(model), dtype=torch.float32)
+    assert isinstance(loaded.processor, QwenImageTextProcessor) and any("torchvision" in n for n in notes)
+    _same_weights(pipe, loaded)
+
+
+def test_unsupported_pipeline_classes(saved_qwen_edit, tmp_path):
+    import shutil
+
+    _, path = saved_qwen_edit
+    model = tmp_path / "m"
+    shutil.copytree(path, model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditPlusPipeline"}))
+    with pytest.raises(ModelDirError, match="'QwenImageEditPlusPipeline' pipeline; supported: WanPipeline"):
+        inspect_model_dir(str(model))
+    del index["processor"]
+    (model / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelDirError, match="lists no 'processor'"):
         inspect_model_dir(str(model))
