@@ -83,7 +83,7 @@ def shapes(args):
 
 
 def build_transformer(name, layers, dtype, device, seed):
-    """The config with random weights, built in the target dtype on the device, equal on all ranks."""
+    """The config with random weights, equal on all ranks."""
     from diffusers import QwenImageTransformer2DModel
 
     from ringsp.models import configs
@@ -93,17 +93,7 @@ def build_transformer(name, layers, dtype, device, seed):
         raise SystemExit(f"--model {name} is not a Qwen-Image config")
     if layers is not None:
         cfg["num_layers"] = layers
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # a 20B model never exists in fp32
-    try:
-        with torch.device(device):
-            model = QwenImageTransformer2DModel.from_config(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    for param in model.parameters():
-        dist.broadcast(param.data, src=0)
-    return model.eval(), cfg
+    return wf.build_model(QwenImageTransformer2DModel, cfg, dtype, device, seed), cfg
 
 
 def image_grids(grid, edit):
@@ -135,27 +125,13 @@ def make_inputs(cfg, grid, args, dtype, device):
 
 
 def pick_backend(model, device, dtype, masked):
-    """Sets diffusers' attention backend: the first that supports context parallel and runs here
-    with the joint mask Qwen's processor builds ([B, 1, 1, T + S] bool) when the text is padded."""
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn,
-    )
-
-    probe = torch.randn(1, 128, 2, 64, device=device, dtype=dtype)
-    mask = torch.ones(1, 1, 1, 128, dtype=torch.bool, device=device) if masked else None
-    if mask is not None:
+    """wan_forward's choice, probed with the joint mask Qwen's processor builds
+    ([B, 1, 1, T + S] bool) when the text is padded."""
+    mask = None
+    if masked:
+        mask = torch.ones(1, 1, 1, 128, dtype=torch.bool, device=device)
         mask[..., :7] = False
-    for name in MASKED_BACKEND_PREFERENCE if masked else wf.BACKEND_PREFERENCE:
-        backend = AttentionBackendName(name)
-        if not _AttentionBackendRegistry._is_context_parallel_available(backend):
-            continue
-        try:
-            dispatch_attention_fn(probe, probe, probe, attn_mask=mask, backend=backend)
-            model.set_attention_backend(name)
-            return name
-        except Exception:  # noqa: BLE001 - backend missing or unusable on this device: try the next
-            continue
-    return None
+    return wf.pick_backend(model, device, dtype, mask, MASKED_BACKEND_PREFERENCE if masked else wf.BACKEND_PREFERENCE)
 
 
 # ------------------------------------------------------------------------------ runs

@@ -83,21 +83,15 @@ def init_distributed(device_type):
     return device
 
 
-def build_transformer(name, layers, dtype, device, seed):
-    """The published config with random weights, built in place on the device, equal on all ranks."""
-    from diffusers import WanTransformer3DModel
-
-    from ringsp.models import configs
-
-    cfg = configs.transformer_config(name)
-    if layers is not None:
-        cfg["num_layers"] = layers
+def build_model(model_cls, cfg, dtype, device, seed):
+    """A diffusers transformer from `cfg` with random weights, built in place on the device in
+    the target dtype (a 14B model never exists in fp32), equal on all ranks."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the target dtype: a 14B model never exists in fp32
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = WanTransformer3DModel.from_config(cfg)
+            model = model_cls.from_config(cfg)
     finally:
         torch.set_default_dtype(previous)
     keep_fp32 = getattr(model, "_keep_in_fp32_modules", None) or []
@@ -105,7 +99,19 @@ def build_transformer(name, layers, dtype, device, seed):
         if any(part in keep_fp32 for part in pname.split(".")):  # as from_pretrained(torch_dtype=) does
             param.data = param.data.float()
         dist.broadcast(param.data, src=0)
-    return model.eval(), cfg
+    return model.eval()
+
+
+def build_transformer(name, layers, dtype, device, seed):
+    """The published config with random weights."""
+    from diffusers import WanTransformer3DModel
+
+    from ringsp.models import configs
+
+    cfg = configs.transformer_config(name)
+    if layers is not None:
+        cfg["num_layers"] = layers
+    return build_model(WanTransformer3DModel, cfg, dtype, device, seed), cfg
 
 
 def make_inputs(cfg, latent, text_len, expand_timesteps, dtype, device, seed):
@@ -127,21 +133,22 @@ def shallow_clone(model):
     return copy.deepcopy(model, memo)
 
 
-def pick_backend(model, device, dtype):
-    """Sets diffusers' attention backend, first of BACKEND_PREFERENCE that supports context
-    parallel and runs here. diffusers makes it the process-wide active backend, so the
-    baseline, diffusers-cp and ringsp's cross-attention all use it."""
+def pick_backend(model, device, dtype, mask=None, preference=BACKEND_PREFERENCE):
+    """Sets diffusers' attention backend, the first of `preference` that supports context
+    parallel and runs here (with `mask`, if the model will pass one). diffusers makes it the
+    process-wide active backend, so the baseline, diffusers-cp and ringsp's cross-attention
+    all use it."""
     from diffusers.models.attention_dispatch import (
         AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn,
     )
 
     probe = torch.randn(1, 128, 2, 64, device=device, dtype=dtype)
-    for name in BACKEND_PREFERENCE:
+    for name in preference:
         backend = AttentionBackendName(name)
         if not _AttentionBackendRegistry._is_context_parallel_available(backend):
             continue
         try:
-            dispatch_attention_fn(probe, probe, probe, backend=backend)
+            dispatch_attention_fn(probe, probe, probe, attn_mask=mask, backend=backend)
             model.set_attention_backend(name)
             return name
         except Exception:  # noqa: BLE001 - backend missing or unusable on this device: try the next

@@ -94,6 +94,9 @@ def _spawned_rank(local_rank, request, port, path):
         dist.destroy_process_group()
     # Skip the interpreter's teardown: in CI a worker once aborted there ("terminate called
     # without an active exception") after its work was done and saved; the result is on disk.
+    import multiprocessing.util
+
+    multiprocessing.util._exit_function()  # Python-level finalizers (semaphores of tqdm's locks)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
