@@ -156,22 +156,29 @@ def _tuned():
     return _tuned_kernel
 
 
-def _set_allocator():
+def _set_allocator(device):
     # tensor descriptors built inside the kernel need a small global scratch buffer
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
+
+
+def desc_layout_ok(k, v):
+    """Whether K/V can be read as one 2-D [B*Sk, H*D] tensor descriptor: heads packed in a row,
+    batches one after another (or a single batch, as for a ring block sliced out of a longer
+    sequence), 16-byte aligned base and row stride, D a power of two of >= 16 bytes."""
+    d, es = k.shape[3], k.element_size()
+    ok = d == triton.next_power_of_2(d) and d * es >= 16
+    for t in (k, v):
+        ok = ok and t.stride(3) == 1 and t.stride(2) == d
+        ok = ok and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
+        ok = ok and (t.stride(1) * es) % 16 == 0 and t.data_ptr() % 16 == 0
+    return ok
 
 
 def _can_use_desc(k, v):
-    """TMA needs 16-byte aligned bases and row strides, D a power of two >= 16 bytes."""
+    """TMA on Hopper and newer, for half-precision inputs with a descriptor-friendly layout."""
     if INTERPRET or not torch.cuda.is_available() or torch.cuda.get_device_capability(k.device)[0] < 9:
         return False
-    d = k.shape[3]
-    es = k.element_size()
-    ok = d == triton.next_power_of_2(d) and d * es >= 16 and k.dtype != torch.float32
-    for t in (k, v):
-        ok = ok and t.stride(3) == 1 and t.stride(2) == d and t.stride(0) == t.shape[1] * t.stride(1)
-        ok = ok and (t.stride(1) * es) % 16 == 0 and t.data_ptr() % 16 == 0
-    return ok
+    return k.dtype != torch.float32 and desc_layout_ok(k, v)
 
 
 def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None, use_desc=None, warp_spec=False):
@@ -185,7 +192,7 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None, use_desc=Non
     q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
     use_desc = _can_use_desc(k, v) if use_desc is None else use_desc
     if use_desc:
-        _set_allocator()
+        _set_allocator(k.device)
     args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, bucket(Sq), bucket(Sk),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), acc.stride(0), acc.stride(1), acc.stride(2),

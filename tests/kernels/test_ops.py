@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringsp_kernels as rk
-from tests.kernels.backends import available
+from tests.kernels.backends import TritonBackend, available
 
 BACKENDS = available()
 TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -200,3 +200,23 @@ def test_ops_are_registered_with_fake_kernels_and_compile():
     q, k, v = rand(1, 8, 2, 16), rand(1, 11, 2, 16), rand(1, 11, 2, 16)
     compiled = torch.compile(ring_two_blocks, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v).double(), rk.reference_attention(q, k, v)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(TritonBackend not in BACKENDS, reason="needs the Triton interpreter")
+def test_tensor_descriptor_path_on_ring_blocks():
+    """The TMA (tensor descriptor) loads, run in the interpreter: K/V blocks sliced out of a
+    longer sequence (B=1), a packed [B, S, 2, H, D] KV buffer, and padding in the last block."""
+    from ringsp_kernels import triton_attn
+
+    S, H, D = 70, 2, 16
+    q = rand(1, 33, H, D, dtype=torch.float16)
+    kv = rand(1, S, 2, H, D, dtype=torch.float16)  # k and v interleaved per token
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    acc, lse = rk.init_state(q)
+    blocks = [(0, 17), (17, 40), (40, S)]
+    for a, b in blocks:
+        assert triton_attn.desc_layout_ok(k[:, a:b], v[:, a:b])
+        n = b - a - (5 if b == S else 0)
+        triton_attn.launch(q, k[:, a:b], v[:, a:b], acc, lse, D ** -0.5, n, True, use_desc=True)
+    assert_close(acc, lse, *rk.reference_attention(q, k[:, :S - 5], v[:, :S - 5]), torch.float16)
+    assert not triton_attn.desc_layout_ok(rand(2, S, H, D)[:, :10], rand(2, S, H, D)[:, :10])
