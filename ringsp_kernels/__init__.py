@@ -13,7 +13,7 @@ Every function is also `torch.ops.ringsp.<name>`; the backend follows the tensor
 import torch
 
 from . import registry  # noqa: F401  (loads the op library and binds the backends)
-from .checks import check_merge, check_qkv, check_state
+from .checks import DTYPES, check_merge, check_qkv, check_state
 from .reference import reference_attention
 
 __all__ = ["attn_fwd", "init_state", "attn_step_", "merge_", "finalize", "reference_attention"]
@@ -45,7 +45,10 @@ def merge_(acc, lse, out_blk, lse_blk):
     torch.ops.ringsp.merge_(acc, lse, out_blk, lse_blk)
 
 
-def finalize(acc, lse, dtype=torch.float32):
-    """The attention output of the state, in `dtype` (pass q.dtype). Rows that saw no key are 0."""
+def finalize(acc, lse, dtype):
+    """The attention output of the state in `dtype` -- pass q.dtype: a float32 state cannot
+    know which dtype q had. Rows that saw no key are 0."""
     check_state(acc, acc, lse, q_name="acc")
+    if dtype not in DTYPES:
+        raise TypeError(f"dtype must be one of float16, bfloat16, float32 (q.dtype), got {dtype!r}")
     return torch.ops.ringsp.finalize(acc, lse, dtype)

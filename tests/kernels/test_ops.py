@@ -174,6 +174,8 @@ BAD_CALLS = [
     (lambda: rk.merge_(acc0, lse0, q0, lse0.double()), TypeError, "lse_blk"),
     (lambda: rk.merge_(acc0, lse0, q0[:, :2], lse0[..., :2]), ValueError, "acc"),
     (lambda: rk.merge_(acc0, lse0, q0, [0.0]), TypeError, "lse_blk"),
+    (lambda: rk.finalize(acc0, lse0), TypeError, "dtype"),
+    (lambda: rk.finalize(acc0, lse0, torch.int8), TypeError, "dtype"),
 ]
 
 
