@@ -50,19 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--edit", action="store_true", help="add a reference image of the target's size (Edit)")
     p.add_argument("--text-len", type=int, default=256)
     p.add_argument("--text-valid", type=int, default=200, help="valid text tokens; the rest is masked padding")
-    p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--splits", default=None, help="comma list of UxR to run (default: every u*r = world)")
-    p.add_argument("--skip-single", action="store_true", help="skip the diffusers-1gpu baseline")
-    p.add_argument("--skip-diffusers-cp", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    if args.iters < 1 or args.warmup < 0 or args.text_len < 1:
-        p.error("--iters must be >= 1, --warmup >= 0, --text-len >= 1")
+    wf.add_run_args(p)
+    args = wf.check_run_args(p, p.parse_args(argv))
     if not 0 <= args.text_valid <= args.text_len:
         p.error("--text-valid must be in [0, --text-len]")
     return args

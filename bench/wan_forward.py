@@ -47,6 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--latent", action="append", default=[], metavar="F,H,W",
                    help="a custom latent size (repeatable); replaces --resolutions")
     p.add_argument("--text-len", type=int, default=512)
+    add_run_args(p)
+    return check_run_args(p, p.parse_args(argv))
+
+
+def add_run_args(p):
+    """The arguments every transformer-forward bench shares (this one and qwen_forward.py)."""
     p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -57,7 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-diffusers-cp", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+
+
+def check_run_args(p, args):
     if args.iters < 1 or args.warmup < 0 or args.text_len < 1:
         p.error("--iters must be >= 1, --warmup >= 0, --text-len >= 1")
     return args

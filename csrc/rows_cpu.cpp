@@ -10,11 +10,8 @@
 
 #include "rows_avx512_cpu.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && defined(__linux__)
-#define RINGSP_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=x86-64-v4")))
-#else
-#define RINGSP_CLONES
-#endif
+#include "clones_cpu.h"
+
 
 namespace ringsp::cpu {
 namespace {

@@ -3,7 +3,6 @@ and the chain that writes them works: a tiny CPU run of bench/e2e.py -> gen_base
 a baseline that checks out. Hand edits of the kind that leave a total stale are caught."""
 import copy
 import glob
-import importlib.util
 import json
 import os
 
@@ -11,18 +10,11 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
+from tests.bench import scripts  # noqa: E402
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(_ROOT, "bench", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load("gen_baselines")
-e2e = _load("e2e")
+_ROOT = scripts.ROOT
+gen = scripts.load("gen_baselines")
+e2e = scripts.load("e2e")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(gen.BASELINE_DIR, "*.json"))) or [None])

@@ -1,15 +1,13 @@
 """bench/e2e.py: its argument handling and command lines (a whole CPU run is made by
 tests/bench/test_baselines.py, which turns its output into baselines)."""
-import importlib.util
-import os
 import sys
 
 import pytest
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
-spec = importlib.util.spec_from_file_location("bench_e2e", os.path.join(_ROOT, "bench", "e2e.py"))
-e2e = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(e2e)
+from tests.bench import scripts
+
+_ROOT = scripts.ROOT
+e2e = scripts.load("e2e")
 
 
 def test_defaults():

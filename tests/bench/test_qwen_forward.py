@@ -1,6 +1,5 @@
 """bench/qwen_forward.py: its helpers, and one whole run on CPU/gloo with a tiny model
 (the real run needs GPUs; this checks the script, not the speed)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,11 +13,10 @@ pytest.importorskip("diffusers")
 from ringsp.models import configs  # noqa: E402
 from ringsp.models.qwen import qwen_token_count  # noqa: E402
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
-_PATH = os.path.join(_ROOT, "bench", "qwen_forward.py")
-spec = importlib.util.spec_from_file_location("bench_qwen_forward", _PATH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tests.bench import scripts  # noqa: E402
+
+_ROOT, _PATH = scripts.ROOT, scripts.path("qwen_forward")
+bench = scripts.load("qwen_forward")
 
 
 def test_defaults_and_shapes():

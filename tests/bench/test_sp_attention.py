@@ -1,13 +1,11 @@
 """bench/sp_attention.py on CPU: argument parsing and its pure helpers (the run needs GPUs)."""
-import importlib.util
-import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "bench", "sp_attention.py")
-spec = importlib.util.spec_from_file_location("bench_sp_attention", _PATH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tests.bench import scripts
+
+_PATH = scripts.path("sp_attention")
+bench = scripts.load("sp_attention")
 
 
 def test_defaults():

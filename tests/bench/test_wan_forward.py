@@ -1,6 +1,5 @@
 """bench/wan_forward.py: its helpers, and one whole run on CPU/gloo with a tiny model
 (the real run needs GPUs; this checks the script, not the speed)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,11 +9,10 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
-_PATH = os.path.join(_ROOT, "bench", "wan_forward.py")
-spec = importlib.util.spec_from_file_location("bench_wan_forward", _PATH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tests.bench import scripts  # noqa: E402
+
+_ROOT, _PATH = scripts.ROOT, scripts.path("wan_forward")
+bench = scripts.load("wan_forward")
 
 
 def test_defaults_and_shapes():

@@ -15,17 +15,11 @@ CASES = [
     ("tiny-ti2v", (5, 10, 14), 2, "per_token"),  # S = 175, a timestep per token
 ]
 
-_contexts = {}
-
-
 def context(u, r, cfg=1):
-    """One ParallelContext per config per worker: creating groups costs more than the cases."""
-    from ringsp.parallel import ParallelConfig, init_parallel
+    """One ParallelContext per config per worker (the parallel tests' cache, shared)."""
+    from tests.parallel.helpers import context as cached_context
 
-    key = (u, r, cfg)
-    if key not in _contexts:
-        _contexts[key] = init_parallel(ParallelConfig(u, r, cfg))
-    return _contexts[key]
+    return cached_context(u, r, cfg)
 
 
 def tiny_model(name, variant="plain", seed=0):
