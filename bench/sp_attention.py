@@ -135,7 +135,9 @@ def diffusers_attention(u, r, device):
 def bench_seq(S, args, world, rank, device, dtype, notes):
     import ringsp_kernels as rk
     from ringsp.parallel import ParallelConfig, init_parallel, shard_sequence, usp_attention
-    from ringsp.parallel.comm import debug_mode
+    from ringsp.parallel.attention_args import prepare
+    from ringsp.parallel.ring import Skips
+    from ringsp.parallel.ulysses import sp_pass
 
     B, H, D = args.batch, args.heads, args.head_dim
     gen = torch.Generator(device=device).manual_seed(1234 + S)
@@ -152,11 +154,12 @@ def bench_seq(S, args, world, rank, device, dtype, notes):
         tn = time_ms(call, args.warmup, args.iters)
         row = dict(seq_len=S, impl=f"ringsp {name}", layout=f"{u}x{r}", ulysses=u, ring=r, time_ms=tn,
                    efficiency=efficiency(t1, world, tn), comm_hidden=None, max_abs_err=err)
-        if r > 1:
-            with debug_mode(skip_transfers=True):
-                row["time_compute_only_ms"] = time_ms(call, args.warmup, args.iters)
-            with debug_mode(skip_compute=True):
-                row["time_transfers_only_ms"] = time_ms(call, args.warmup, args.iters)
+        if r > 1:  # the same pass with the benchmark switches, passed explicitly
+            a = prepare("usp_attention", ctx.sp_group, ctx.sp_degree, *local, S, None, None, None, None, None)
+            for key, skips in (("time_compute_only_ms", Skips(transfers=True)),
+                               ("time_transfers_only_ms", Skips(compute=True))):
+                row[key] = time_ms(lambda: sp_pass(a, ctx.ulysses_group, ctx.ring_group, skips),  # noqa: B023
+                                   args.warmup, args.iters)
             row["comm_hidden"] = comm_hidden(tn, row["time_compute_only_ms"], row["time_transfers_only_ms"])
         rows.append(row)
         if world > 1 and not args.no_diffusers:

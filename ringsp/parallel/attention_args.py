@@ -9,6 +9,7 @@ import torch
 
 from ringsp_kernels.checks import DTYPES, MAX_HEAD_DIM
 
+from . import agreement
 from .agreement import agree, describe
 from .layout import check_seq_len
 
@@ -75,9 +76,44 @@ def _check_joint(q, joint_q, joint_k, joint_v, joint_len):
     return joint_q, joint_k, joint_v, joint_len
 
 
+_passed = {}  # call signature -> (seq_len, scale, joint_len) of a call that passed the checks
+
+
+def _signature(op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra):
+    """A hashable key of everything the checks and the agreement look at, or None when an
+    argument is not what a valid call passes (the full path reports it)."""
+    tensors = (q, k, v) if joint_q is None else (q, k, v, joint_q, joint_k, joint_v)
+    if not all(type(t) is torch.Tensor for t in tensors):
+        return None
+    meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
+    extras = None if extra is None else tuple(sorted(extra.items()))
+    # types too: True == 1 as a key, but a bool is no valid length or scale
+    scalars = tuple((type(x), x) for x in (seq_len, scale, joint_len))
+    return op, group, meta, scalars, extras
+
+
 def prepare(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra=None):
     """Validates one call's arguments and checks that every rank of `group` agrees on them.
-    Returns AttentionArgs; raises on every rank if any rank's arguments are bad or differ."""
+    Returns AttentionArgs; raises on every rank if any rank's arguments are bad or differ.
+
+    A call whose signature (shapes, dtypes, devices, lengths, scale, group) passed before
+    costs one dict lookup: the checks depend on nothing else, and the agreement of that
+    signature is cached by the agreement module in the same way."""
+    key = None if agreement.CHECK_EVERY_CALL else _signature(
+        op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra)
+    hit = _passed.get(key) if key is not None else None
+    if hit is not None:
+        seq_len, scale, joint_len = hit
+        joint = None if joint_q is None else (joint_q, joint_k, joint_v, joint_len)
+        return AttentionArgs(q, k, v, seq_len, scale, joint)
+    args = _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v,
+                            joint_len, extra)
+    if key is not None:
+        _passed[key] = (args.seq_len, args.scale, args.joint[3] if args.joint else None)
+    return args
+
+
+def _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra):
     error, args = None, None
     try:
         _check_qkv(q, k, v)

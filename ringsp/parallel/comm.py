@@ -1,30 +1,10 @@
 """Communication primitives of the SP attention: the ring's P2P exchange and the
 Ulysses all-to-all. Device-agnostic: streams only where the device has them.
-
-Debug switches for bench/sp_attention.py (not API): `debug.skip_transfers` makes the ring
-keep attending to its own block instead of exchanging (to time compute without
-communication); `debug.skip_compute` makes the ring skip its attention steps (to time the
-exchange alone). Results are wrong while either is set.
 """
-import contextlib
-from types import SimpleNamespace
-
 import torch
 import torch.distributed as dist
 
 from .devices import comm_stream, stream_module
-
-debug = SimpleNamespace(skip_transfers=False, skip_compute=False)
-
-
-@contextlib.contextmanager
-def debug_mode(skip_transfers=False, skip_compute=False):
-    old = (debug.skip_transfers, debug.skip_compute)
-    debug.skip_transfers, debug.skip_compute = skip_transfers, skip_compute
-    try:
-        yield
-    finally:
-        debug.skip_transfers, debug.skip_compute = old
 
 
 class RingExchange:
@@ -74,17 +54,21 @@ class RingExchange:
         self.mod.current_stream(self.device).wait_event(done)
 
 
+_exchanges = {}
+
+
+def ring_exchange(group, device):
+    """The RingExchange of (group, device), built once: its ranks and stream are per call
+    host work otherwise."""
+    key = (group, torch.device(device))
+    if key not in _exchanges:
+        _exchanges[key] = RingExchange(group, device)
+    return _exchanges[key]
+
+
 def all_to_all(x, group):
     """x [world, ...] (slice i goes to rank i) -> [world, ...] (slice i came from rank i)."""
     x = x.contiguous()
     out = torch.empty_like(x)
     dist.all_to_all_single(out, x, group=group)
     return out
-
-
-def all_gather_cat(x, group, dim):
-    """Concatenation along dim of x from every rank of the group, in rank order."""
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x, group=group)
-    return torch.cat(parts, dim=dim)

@@ -14,17 +14,27 @@ def _accelerator():
     return torch.device(acc.type, torch.accelerator.current_device_index())
 
 
+def _backend(group):
+    # A plain name ("gloo", "nccl", "hccl") or a per-device map ("cpu:gloo,cuda:nccl").
+    return str(dist.get_backend(group)).lower()
+
+
 def compute_device(group=None):
-    """The device a group's collectives run on: CPU for a pure gloo group, else the accelerator."""
-    backend = str(dist.get_backend(group)).lower()
-    if backend == "gloo":
+    """The device a group's data collectives run on (None = WORLD): CPU for a pure gloo
+    group, else this process's current accelerator (CUDA for NCCL, NPU for HCCL, ...)."""
+    if _backend(group) == "gloo":
         return torch.device("cpu")
     return _accelerator() or torch.device("cpu")
 
 
 def control_device(group=None):
-    """Where small control tensors (fingerprints) go: CPU when the group can do gloo."""
-    return torch.device("cpu") if "gloo" in str(dist.get_backend(group)).lower() else compute_device(group)
+    """Where small control tensors (fingerprints, flags) go (None = WORLD): CPU when the
+    group can do gloo (alone or in a mixed backend such as "cpu:gloo,cuda:nccl"), else the
+    compute device (NCCL, HCCL).
+
+    Chosen from the group's backend alone, never from a rank's own tensors: every rank picks
+    the same kind of device, a rank whose arguments were unusable included."""
+    return torch.device("cpu") if "gloo" in _backend(group) else compute_device(group)
 
 
 def stream_module(device):

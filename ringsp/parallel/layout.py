@@ -29,23 +29,3 @@ def check_seq_len(seq_len, local_len, world, name="seq_len"):
                          f"({world} shards of {local_len} tokens)")
     return seq_len
 
-
-def split_rows(height, parts):
-    """Balanced contiguous split of `height` rows into `parts` slabs: (start, stop) per part.
-
-    The first `height % parts` slabs get one row more, so sizes differ by at most one.
-    """
-    for name, n in (("height", height), ("parts", parts)):
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if parts < 1:
-        raise ValueError(f"parts must be >= 1, got {parts}")
-    if height < 0:
-        raise ValueError(f"height must be >= 0, got {height}")
-    base, extra = divmod(height, parts)
-    bounds, start = [], 0
-    for p in range(parts):
-        stop = start + base + (1 if p < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds

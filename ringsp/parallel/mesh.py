@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from .agreement import agree
 from .config import ParallelConfig
+from .comm import ring_exchange
 from .devices import compute_device
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
@@ -102,25 +103,28 @@ def init_parallel(config, group=None, timeout=None):
             pg = _new_group(ranks, group, parent_ranks, timeout)
             if me in ranks:
                 mine[kind] = (pg, ranks.index(me))
-    device = compute_device(group)
-    _warm_up([mine[kind][0] for kind in ("sp", "ulysses", "ring", "cfg")], device)
-    return ParallelContext(
-        config=config, group=group, rank=rank, world_size=world, device=device,
+    ctx = ParallelContext(
+        config=config, group=group, rank=rank, world_size=world, device=compute_device(group),
         sp_group=mine["sp"][0], sp_rank=mine["sp"][1],
         ulysses_group=mine["ulysses"][0], ulysses_rank=mine["ulysses"][1],
         ring_group=mine["ring"][0], ring_rank=mine["ring"][1],
         cfg_group=mine["cfg"][0], cfg_rank=mine["cfg"][1],
     )
+    _warm_up(ctx)
+    return ctx
 
 
-def _warm_up(groups, device):
-    """One tiny collective per group, in the same order on every rank: backends that create
-    communicators lazily (NCCL, HCCL) do it here, with every member present, not inside a
-    ring step in which a rank with only padding takes no part."""
-    token = torch.zeros(1, device=device)
-    for pg in groups:
+def _warm_up(ctx):
+    """One tiny collective per group, and one ring exchange, in the same order on every
+    rank: backends that create communicators lazily (NCCL, HCCL) do it here, with every
+    member present, not inside the first ring step of a forward."""
+    token = torch.zeros(1, device=ctx.device)
+    for pg in (ctx.sp_group, ctx.ulysses_group, ctx.ring_group, ctx.cfg_group):
         if dist.get_world_size(pg) > 1:
             dist.all_reduce(token, group=pg)
+    if ctx.ring_degree > 1:
+        exchange = ring_exchange(ctx.ring_group, ctx.device)
+        exchange.wait(exchange.start(token.clone(), torch.empty_like(token)))
 
 
 def _new_group(ranks, parent, parent_ranks, timeout):

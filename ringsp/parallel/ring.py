@@ -4,78 +4,145 @@ Double-buffered: step i+1's block is in flight while step i's `attn_step_` runs;
 online-softmax merge happens inside the kernel, so no partial outputs are kept. A block
 whose keys are all padding (kv_len 0) is neither sent nor received nor attended to; both
 ends of a transfer know this from the block index alone.
+
+Replicated joint (text) tokens: with a ring of one, image and text queries attend to image
+and text keys in ONE attention call. On a longer ring, every rank computes the text queries'
+state over its own image block first and starts gathering those states before the ring
+loop, so the gather runs under the ring's compute; the text queries' result merges the
+gathered states in rank order on every rank, so it is the same on every rank.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
 import ringsp_kernels as rk
 
 from .attention_args import prepare
-from .comm import RingExchange, debug
+from .comm import RingExchange, ring_exchange
+from .groups import size_rank
 from .layout import block_kv_len
 
 
-def _group_size_rank(group):
-    return (1, 0) if group is None else (dist.get_world_size(group), dist.get_rank(group))
+@dataclass(frozen=True)
+class Skips:
+    """Benchmark switches (results are WRONG while one is set): `transfers` keeps attending
+    to the rank's own block instead of exchanging (compute without communication),
+    `compute` skips the attention steps (the exchange alone)."""
+
+    transfers: bool = False
+    compute: bool = False
 
 
-def ring_pass(q, kv, group, seq_len, scale=None, joint=None):
-    """Attention of q [B, L, H, D] over the ring's blocks; kv [2, B, L, H, D] is this rank's
-    block (ring position = rank in `group`; group None = a ring of one). Block j's valid keys
-    are block_kv_len(seq_len, j, L). joint = (joint_q, joint_k, joint_v, joint_len) with the
-    same heads as q, identical on every rank. Returns (out, joint_out or None) in q's dtype."""
-    size, rank = _group_size_rank(group)
-    kv = kv.contiguous()  # P2P needs it; a no-op for the stacked / all-to-all buffers
-    block = q.shape[1]
-    kv_len = [block_kv_len(seq_len, j, block) for j in range(size)]
-    acc, lse = rk.init_state(q)
-    text_partial = _text_partial(joint, kv, kv_len[rank], scale)
-    exchange = RingExchange(group, q.device) if size > 1 else None
-    buffers = (kv, torch.empty_like(kv)) if size > 1 else (kv,)
-    cur = kv
-    for step in range(size):
-        src = (rank - step) % size  # the block held at this step
-        handle = None
-        if step < size - 1 and not debug.skip_transfers:
-            nxt = buffers[(step + 1) % 2]
-            handle = exchange.start(cur, nxt, send=kv_len[src] > 0, recv=kv_len[(src - 1) % size] > 0)
-        if step == 0 and joint is not None:  # image queries over the text keys, once
-            rk.attn_step_(q, joint[1], joint[2], acc, lse, scale, joint[3])
-        if kv_len[src] > 0 and not debug.skip_compute:
-            rk.attn_step_(q, cur[0], cur[1], acc, lse, scale, kv_len[src])
-        if handle is not None:
-            exchange.wait(handle)
-            cur = nxt
-    out = rk.finalize(acc, lse, q.dtype)
+NO_SKIPS = Skips()
+
+
+class RingLoop:
+    """One rank's ring loop over `size` blocks, in three phases per step (begin: start the
+    next block's transfer; attend: the step on the current block; end: wait and swap), so
+    that a test can drive the ranks of a virtual ring in lockstep on one device."""
+
+    def __init__(self, q, kv, size, rank, seq_len, scale, exchange, skips=NO_SKIPS):
+        self.q, self.size, self.rank, self.scale, self.skips = q, size, rank, scale, skips
+        block = q.shape[1]
+        self.kv_len = [block_kv_len(seq_len, j, block) for j in range(size)]
+        self.acc, self.lse = rk.init_state(q)
+        self.cur, self.spare = kv, (torch.empty_like(kv) if size > 1 else None)
+        self.exchange, self._handle = exchange, None
+
+    def src(self, step):
+        return (self.rank - step) % self.size  # the block held at this step
+
+    def begin(self, step):
+        self._handle = None
+        if step < self.size - 1 and not self.skips.transfers:
+            src = self.src(step)
+            self._handle = self.exchange.start(self.cur, self.spare, send=self.kv_len[src] > 0,
+                                               recv=self.kv_len[(src - 1) % self.size] > 0)
+
+    def attend(self, step):
+        n = self.kv_len[self.src(step)]
+        if n > 0 and not self.skips.compute:
+            rk.attn_step_(self.q, self.cur[0], self.cur[1], self.acc, self.lse, self.scale, n)
+
+    def end(self, step):
+        if self._handle is not None:
+            self.exchange.wait(self._handle)
+            self.cur, self.spare = self.spare, self.cur
+
+    def run(self, before_first_step=None):
+        for step in range(self.size):
+            self.begin(step)
+            if step == 0 and before_first_step is not None:
+                before_first_step(self)
+            self.attend(step)
+            self.end(step)
+        return rk.finalize(self.acc, self.lse, self.q.dtype)
+
+
+def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS):
+    """Attention of q [B, L, H, D] over the ring's blocks; kv is this rank's block, a
+    [2, B, L, H, D] tensor or a (k, v) pair (ring position = rank in `group`, see groups.py).
+    Block j's valid keys are block_kv_len(seq_len, j, L). joint = (joint_q, joint_k, joint_v,
+    joint_len) with the same heads as q, identical on every rank. Returns (out, joint_out or
+    None) in q's dtype."""
+    size, rank = size_rank(group)
+    if size == 1:
+        return _single_block(q, kv, seq_len, scale, joint)
+    if not isinstance(kv, torch.Tensor):
+        kv = torch.stack(kv)
+    kv = kv.contiguous()  # P2P needs it; a no-op for stacked buffers
+    loop = RingLoop(q, kv, size, rank, seq_len, scale, ring_exchange(group, q.device), skips)
     if joint is None:
+        return loop.run(), None
+    gather = _start_text_gather(joint, kv, loop.kv_len[rank], scale, group)
+    out = loop.run(lambda lp: rk.attn_step_(q, joint[1], joint[2], lp.acc, lp.lse, scale, joint[3]))
+    return out, _joint_out(joint, gather, size, scale)
+
+
+def _single_block(q, kv, seq_len, scale, joint):
+    """A ring of one: one attention call, text queries and keys included."""
+    k, v = kv[0], kv[1]
+    if joint is None:
+        out, _ = rk.attn_fwd(q, k, v, scale, min(seq_len, k.shape[1]))
         return out, None
-    return out, _joint_out(joint, text_partial, group, scale)
+    jq, jk, jv, jlen = joint
+    n = min(seq_len, k.shape[1])
+    out, _ = rk.attn_fwd(torch.cat([q, jq], 1), torch.cat([k[:, :n], jk[:, :jlen]], 1),
+                         torch.cat([v[:, :n], jv[:, :jlen]], 1), scale)
+    return out[:, : q.shape[1]], out[:, q.shape[1]:]
 
 
-def _text_partial(joint, kv, own_kv_len, scale):
-    """The text queries' state over this rank's own image block (shared later)."""
-    if joint is None:
-        return None
-    acc, lse = rk.init_state(joint[0])
-    rk.attn_step_(joint[0], kv[0], kv[1], acc, lse, scale, own_kv_len)
-    return acc, lse
+def _start_text_gather(joint, kv, own_kv_len, scale, group):
+    """Starts gathering every rank's text-query state over its own image block: one
+    asynchronous all_gather of acc and lse packed in one float32 buffer."""
+    jq = joint[0]
+    B, T, H, D = jq.shape
+    packed = torch.empty(B * T * H * (D + 1), dtype=torch.float32, device=jq.device)
+    acc, lse = _unpack(packed, jq.shape)
+    acc.zero_()
+    lse.fill_(float("-inf"))
+    rk.attn_step_(jq, kv[0], kv[1], acc, lse, scale, own_kv_len)
+    parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+    return parts, dist.all_gather(parts, packed, group=group, async_op=True)
 
 
-def _joint_out(joint, partial, group, scale):
-    """Text queries over the text keys plus every rank's image block, each exactly once."""
+def _unpack(packed, shape):
+    B, T, H, D = shape
+    n = B * T * H * D
+    return packed[:n].view(B, T, H, D), packed[n:].view(B, H, T)
+
+
+def _joint_out(joint, gather, size, scale):
+    """Text queries over the text keys, merged with every rank's image-block state in rank
+    order (the same order, hence the same bits, on every rank)."""
     joint_q, joint_k, joint_v, joint_len = joint
     acc, lse = rk.init_state(joint_q)
     rk.attn_step_(joint_q, joint_k, joint_v, acc, lse, scale, joint_len)
-    size, _ = _group_size_rank(group)
-    if size == 1:
-        rk.merge_(acc, lse, partial[0], partial[1])
-    else:
-        accs = [torch.empty_like(partial[0]) for _ in range(size)]
-        lses = [torch.empty_like(partial[1]) for _ in range(size)]
-        dist.all_gather(accs, partial[0], group=group)
-        dist.all_gather(lses, partial[1], group=group)
-        for blk_acc, blk_lse in zip(accs, lses):
-            rk.merge_(acc, lse, blk_acc, blk_lse)
+    parts, work = gather
+    work.wait()
+    for packed in parts:
+        rk.merge_(acc, lse, *_unpack(packed, joint_q.shape))
     return rk.finalize(acc, lse, joint_q.dtype)
 
 
@@ -88,8 +155,10 @@ def ring_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_k=N
     the output, or (out, joint_out) when joint tensors (replicated text tokens
     [B, T, H, D], the first joint_len of them valid) are given.
     """
-    group = group or dist.group.WORLD
-    a = prepare("ring_attention", group, dist.get_world_size(group), q, k, v, seq_len, scale,
+    a = prepare("ring_attention", group, size_rank(group)[0], q, k, v, seq_len, scale,
                 joint_q, joint_k, joint_v, joint_len)
-    out, joint_out = ring_pass(a.q, torch.stack([a.k, a.v]), group, a.seq_len, a.scale, a.joint)
+    out, joint_out = ring_pass(a.q, (a.k, a.v), group, a.seq_len, a.scale, a.joint)
     return out if a.joint is None else (out, joint_out)
+
+
+__all__ = ["ring_attention", "ring_pass", "RingLoop", "RingExchange", "Skips", "NO_SKIPS"]

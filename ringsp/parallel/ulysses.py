@@ -2,22 +2,23 @@
 whole sequence for a slice of the heads, and back. Head counts the degree does not divide
 are padded with empty (zero) heads, dropped again on the way back.
 
+q, k and v travel in ONE all-to-all, packed token-major ([u, B, S, 3, H/u, D]) so that on
+arrival q, k and v of the whole sequence are strided views of the receive buffer (for
+B = 1): the kernels read them in place, with no re-layout copy.
+
 `sp_pass` is the shared body of Ulysses, ring and USP: Ulysses over `uly_group`, then a
-ring over `ring_group` (either may be a group of one, or None).
+ring over `ring_group` (either may be `groups.SINGLE`).
 """
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from .attention_args import prepare
-from .comm import all_gather_cat, all_to_all
-from .ring import ring_pass
-
-
-def _size_rank(group):
-    return (1, 0) if group is None else (dist.get_world_size(group), dist.get_rank(group))
+from .comm import all_to_all
+from .gather import all_gather_cat
+from .groups import SINGLE, size_rank
+from .ring import NO_SKIPS, ring_pass
 
 
 def _pad_heads(t, heads):
@@ -25,24 +26,23 @@ def _pad_heads(t, heads):
 
 
 def seq_to_heads(q, k, v, group):
-    """[B, S, H, D] sequence shards -> q [B, u*S, H/u, D] and kv [2, B, u*S, H/u, D]: the
-    u consecutive shards of the group for this rank's slice of the (padded) heads."""
-    u, _ = _size_rank(group)
+    """[B, S, H, D] sequence shards -> (q, k, v) [B, u*S, H/u, D]: the u consecutive shards of
+    the group for this rank's slice of the (padded) heads (views of one buffer when B = 1)."""
+    u, _ = size_rank(group)
     B, S, H, D = q.shape
     local_heads = math.ceil(H / u)
-    send = q.new_empty((u, 3, B, S, local_heads, D))
-    by_head = send.permute(1, 2, 3, 0, 4, 5)  # [3, B, S, u, H/u, D], a view of send
+    send = q.new_empty((u, B, S, 3, local_heads, D))
+    by_head = send.permute(3, 1, 2, 0, 4, 5)  # [3, B, S, u, H/u, D], a view of send
     for i, t in enumerate((q, k, v)):
         by_head[i].copy_(_pad_heads(t, u * local_heads).view(B, S, u, local_heads, D))
-    recv = all_to_all(send, group)  # [u (sequence chunk), 3, B, S, H/u, D]
-    q_h = recv[:, 0].transpose(0, 1).reshape(B, u * S, local_heads, D)
-    kv_h = recv[:, 1:].permute(1, 2, 0, 3, 4, 5).reshape(2, B, u * S, local_heads, D).contiguous()
-    return q_h, kv_h
+    recv = all_to_all(send, group)  # [u (sequence chunk), B, S, 3, H/u, D]
+    whole = recv.transpose(0, 1).reshape(B, u * S, 3, local_heads, D)  # a view when B = 1
+    return whole[:, :, 0], whole[:, :, 1], whole[:, :, 2]
 
 
 def heads_to_seq(out_h, group, num_heads):
     """Inverse of seq_to_heads for the output: [B, u*S, H/u, D] -> [B, S, H, D]."""
-    u, _ = _size_rank(group)
+    u, _ = size_rank(group)
     B, L, local_heads, D = out_h.shape
     S = L // u
     send = out_h.reshape(B, u, S, local_heads, D).transpose(0, 1)
@@ -55,21 +55,22 @@ def _joint_heads(joint, group):
     """This rank's head slice of the (replicated) joint tensors."""
     if joint is None:
         return None
-    u, idx = _size_rank(group)
+    u, idx = size_rank(group)
     local_heads = math.ceil(joint[0].shape[2] / u)
     sl = slice(idx * local_heads, (idx + 1) * local_heads)
     return tuple(_pad_heads(t, u * local_heads)[:, :, sl].contiguous() for t in joint[:3]) + (joint[3],)
 
 
-def sp_pass(a, uly_group, ring_group):
+def sp_pass(a, uly_group, ring_group, skips=NO_SKIPS):
     """Ulysses inside, ring across: this rank's output shard (and replicated joint_out)."""
-    u, _ = _size_rank(uly_group)
+    u, _ = size_rank(uly_group)
     heads = a.q.shape[2]
     if u == 1:
-        q_h, kv_h = a.q, torch.stack([a.k, a.v])
+        q_h, kv_h = a.q, (a.k, a.v)
     else:
-        q_h, kv_h = seq_to_heads(a.q, a.k, a.v, uly_group)
-    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group))
+        q_h, k_h, v_h = seq_to_heads(a.q, a.k, a.v, uly_group)
+        kv_h = (k_h, v_h)
+    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group), skips)
     out = out_h if u == 1 else heads_to_seq(out_h, uly_group, heads)
     if a.joint is None:
         return out
@@ -81,7 +82,6 @@ def ulysses_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_
                       joint_len=None, scale=None):
     """Ulysses attention over `group` (None = WORLD; group rank order = sequence order).
     Arguments and result as for ring_attention."""
-    group = group or dist.group.WORLD
-    a = prepare("ulysses_attention", group, dist.get_world_size(group), q, k, v, seq_len, scale,
+    a = prepare("ulysses_attention", group, size_rank(group)[0], q, k, v, seq_len, scale,
                 joint_q, joint_k, joint_v, joint_len)
-    return sp_pass(a, group, None)
+    return sp_pass(a, group, SINGLE)

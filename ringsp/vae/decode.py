@@ -1,15 +1,15 @@
 """parallel_vae_decode: the result of `vae.decode(latents).sample`, computed by the ranks of a
 process group, each decoding a balanced slab of latent rows (see docs/vae.md)."""
 import contextlib
-import hashlib
-import json
 
 import torch
 import torch.distributed as dist
 
-from .agreement import Field, agree
-from .collectives import all_gather_rows, broadcast_from_first, comm_device, gather_rows
+from ringsp.parallel.agreement import Checksum, agree, dtype_name
+from ringsp.parallel.gather import all_gather_cat, broadcast_from_first, gather_cat
+
 from .families import family_of, output_size
+from .halo import check_group
 from .patching import min_rows_per_rank, plan_patches, row_sharded
 from .rows import RowShard, split_rows
 
@@ -25,19 +25,23 @@ _OUTPUTS = ("all", "rank0")
 
 
 def parallel_vae_decode(vae, latents, group=None, output="all", *, min_parallel_pixels=None):
-    """Decodes latents [B, z_dim, T, H, W] with every rank of `group` (default: the world).
+    """Decodes latents [B, z_dim, T, H, W] with every rank of `group`.
+
+    group: a torch.distributed ProcessGroup, or None for the default (WORLD) group; None
+    without torch.distributed initialised is the plain single-process decode.
 
     Every rank passes the same vae (same weights) and the same latents. Returns the decoded
     tensor on every rank (output="all") or on the group's first rank only ("rank0"; the
     others get None). Decodes below `min_parallel_pixels` output pixels x frames (default
     DEFAULT_MIN_PARALLEL_PIXELS; 0 forces the parallel path) run on the first rank alone.
     Tiling set on the vae is ignored: the result is always the exact untiled decode.
-    Bad or mismatched input raises on every rank before any decoding collective.
+    Bad or mismatched input raises on every rank before any decoding collective: the rank
+    whose input is bad its own TypeError/ValueError, the others a ValueError naming it.
     """
     if group is None and not dist.is_initialized():
         world = 1
     else:
-        _check_group(group)
+        check_group(group, "parallel_vae_decode")
         world = dist.get_world_size(group)
     if world == 1:
         _validate(vae, latents, output, min_parallel_pixels)
@@ -63,10 +67,11 @@ def _agreed_inputs(vae, latents, group, output, min_parallel_pixels):
     try:
         plan, threshold = _validate(vae, latents, output, min_parallel_pixels)
         fields, local_error = _fingerprint(vae, latents, output, threshold), None
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any local failure is shared, then re-raised here
         plan = threshold = None
-        fields, local_error = [], exc
-    agree(group, comm_device(group, latents if local_error is None else None), fields, local_error)
+        fields, local_error = {}, exc
+    # Never cached: the latents (hence the checksums) are new in every call.
+    agree(group, "parallel_vae_decode", fields, local_error, cache=False)
     return plan, threshold
 
 
@@ -79,16 +84,22 @@ def _decode_rows(vae, latents, group, output, plan):
         local = _decode_whole(vae, latents[:, :, :, start:stop, :])
     rows = shard.rows_at(local.shape[3])
     if output == "all":
-        return all_gather_rows(local, rows, group, dim=3)
-    return gather_rows(local, rows, group, dim=3)
+        return all_gather_cat(local, group, 3, sizes=rows)
+    return gather_cat(local, group, 3, sizes=rows)
 
 
 def _decode_on_first(vae, latents, group, output):
     first = dist.get_rank(group) == 0
-    decoded = _decode_whole(vae, latents) if first else None
-    if output == "rank0":
-        return decoded
-    return broadcast_from_first(decoded, group, comm_device(group, latents))
+    if output == "rank0":  # nobody waits for the first rank
+        return _decode_whole(vae, latents) if first else None
+    decoded = error = None
+    if first:
+        try:
+            decoded = _decode_whole(vae, latents)
+        except Exception as exc:  # noqa: BLE001 - the waiting ranks learn of it, then it is re-raised
+            error = exc
+    # The latents' device type is agreed (fingerprint), so every rank picks the same kind.
+    return broadcast_from_first(decoded, group, latents.device, error)
 
 
 def _decode_whole(vae, latents):
@@ -116,7 +127,7 @@ def _validate(vae, latents, output, min_parallel_pixels):
     if latents.dim() != 5:
         raise ValueError(f"latents must be [B, C, T, H, W], got shape {tuple(latents.shape)}")
     if not latents.is_floating_point():
-        raise TypeError(f"latents must be a floating-point tensor, got {latents.dtype}")
+        raise TypeError(f"latents must be a floating-point tensor, got {dtype_name(latents.dtype)}")
     z_dim = vae.config.z_dim
     if latents.shape[1] != z_dim:
         raise ValueError(f"latents have {latents.shape[1]} channels but the VAE's z_dim is {z_dim}")
@@ -137,35 +148,21 @@ def _fingerprint(vae, latents, output, threshold):
     flat = latents.detach().flatten().to(torch.float64)
     weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
     params = torch.stack([p.detach().sum(dtype=torch.float64) for p in vae.decoder.parameters()])
-    return [
-        Field("latents shape", latents.shape),
-        Field("latents dtype", [_dtype_code(latents.dtype)]),
-        Field("VAE class and config", [_config_hash(vae)]),
-        Field("output", [_OUTPUTS.index(output)]),
-        Field("min_parallel_pixels", [threshold]),
+    return {
+        "latents shape": list(latents.shape),
+        "latents dtype": dtype_name(latents.dtype),
+        "latents device": latents.device.type,
+        "VAE class": type(vae).__name__,
+        "VAE config": _public_config(vae),
+        "output": output,
+        "min_parallel_pixels": threshold,
         # Checksums: catch ranks with differently seeded weights or latents.
-        Field("VAE decoder weights (checksum)", [params.sum().item()], rel_tol=1e-7),
-        Field("latents values (checksum)", [flat.sum().item(), (flat * weights).sum().item()], rel_tol=1e-7),
-    ]
+        "VAE decoder weights (checksum)": Checksum([params.sum().item()]),
+        "latents values (checksum)": Checksum([flat.sum().item(), (flat * weights).sum().item()]),
+    }
 
 
-def _dtype_code(dtype):
-    codes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    return codes.index(dtype) if dtype in codes else len(codes)
-
-
-def _config_hash(vae):
+def _public_config(vae):
     # Private keys ("_use_default_values", "_name_or_path", ...) are bookkeeping, some of it
     # in set order that differs between processes.
-    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
-    text = type(vae).__name__ + json.dumps(config, sort_keys=True, default=str)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)  # 48 bits: exact in float64
-
-
-def _check_group(group):
-    if group is not None and not isinstance(group, dist.ProcessGroup):
-        raise TypeError(f"group must be a torch.distributed ProcessGroup or None, got {type(group).__name__}")
-    if not dist.is_initialized():
-        raise ValueError("a group was given but torch.distributed is not initialised")
-    if dist.get_rank(group) < 0:
-        raise ValueError("this process is not a member of `group`")
+    return {k: v for k, v in vae.config.items() if not k.startswith("_")}

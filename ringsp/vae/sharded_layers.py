@@ -7,9 +7,9 @@ edge, the same causal time padding and cache handling as diffusers' forward.
 import torch
 import torch.nn.functional as F
 
-from ringsp.parallel.halo import start_halo_exchange
+from ringsp.parallel.gather import all_gather_cat
 
-from .collectives import all_gather_rows
+from .halo import start_halo_exchange
 from .halo_conv import halo_conv
 
 __all__ = ["causal_conv3d_forward", "conv2d_forward", "attention_forward"]
@@ -59,7 +59,7 @@ def attention_forward(module, shard, x):
     x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
     qkv = module.to_qkv(module.norm(x))
     q, kv = qkv.split([c, 2 * c], dim=1)
-    kv = all_gather_rows(kv, shard.rows_at(h), shard.group)  # [bt, 2c, H, w]
+    kv = all_gather_cat(kv, shard.group, -2, sizes=shard.rows_at(h))  # [bt, 2c, H, w]
     q = q.reshape(b * t, 1, c, h * w).transpose(-1, -2)
     k, v = kv.reshape(b * t, 1, 2 * c, -1).transpose(-1, -2).chunk(2, dim=-1)
     out = F.scaled_dot_product_attention(q, k, v)

@@ -28,7 +28,8 @@ def test_ring_exchange_can_skip_both_ends():
 
 
 def _collectives():
-    from ringsp.parallel.comm import all_gather_cat, all_to_all
+    from ringsp.parallel.comm import all_to_all
+    from ringsp.parallel.gather import all_gather_cat
 
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.arange(world, dtype=torch.float32).view(world, 1) + 10 * rank  # slice i for rank i

@@ -55,7 +55,7 @@ def _init_with(configs):
 
 def test_ranks_with_different_configs_fail_on_every_rank():
     messages = run_distributed(2, _init_with, [ParallelConfig(2, 1), ParallelConfig(1, 2)])
-    assert all("ulysses_degree: rank 0=2, rank 1=1" in m for m in messages), messages
+    assert all("ulysses_degree: rank 0 has 2, rank 1 has 1" in m for m in messages), messages
 
 
 def test_config_for_another_world_size_fails_on_every_rank():
@@ -87,4 +87,4 @@ def test_configs_seen_before_still_fail_when_mixed():
     """init_parallel never trusts an earlier verification: two configs that each passed
     before must still be caught when ranks pass different ones."""
     messages = run_distributed(2, _init_each_then_mixed, [ParallelConfig(2, 1), ParallelConfig(1, 2)])
-    assert all("ulysses_degree: rank 0=2, rank 1=1" in m for m in messages), messages
+    assert all("ulysses_degree: rank 0 has 2, rank 1 has 1" in m for m in messages), messages

@@ -58,4 +58,4 @@ def test_sharding_argument_errors():
         assert "dim=3 is out of range" in errors[1]
         assert "empty sequence" in errors[2]
         assert errors[3].startswith("TypeError: ctx must be")
-        assert "x_local: rank 0=" in errors[4]
+        assert "x_local shape: rank 0 has (1, 3, 2), rank 1 has (1, 4, 2)" in errors[4]

@@ -46,11 +46,11 @@ def _layout_round_trip(H):
 
     world, rank = dist.get_world_size(), dist.get_rank()
     q, k, v = random_tensors(5, *[(2, 4 * world, H, 8)] * 3)
-    q_h, kv_h = seq_to_heads(*shards(None, q, k, v), dist.group.WORLD)
+    q_h, _, v_h = seq_to_heads(*shards(None, q, k, v), dist.group.WORLD)
     per = -(-H // world)
     heads = slice(rank * per, min((rank + 1) * per, H))
     n = max(0, heads.stop - heads.start)
-    ok = torch.equal(q_h[:, :, :n], q[:, :, heads]) and torch.equal(kv_h[1, :, :, :n], v[:, :, heads])
+    ok = torch.equal(q_h[:, :, :n], q[:, :, heads]) and torch.equal(v_h[:, :, :n], v[:, :, heads])
     ok = ok and bool((q_h[:, :, n:] == 0).all())  # padding heads are empty
     back = heads_to_seq(q_h, dist.group.WORLD, H)
     return ok and torch.equal(back, shards(None, q)[0])

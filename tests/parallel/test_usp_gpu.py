@@ -39,3 +39,91 @@ def test_usp_on_cuda_matches_reference(u, r, dtype, side_stream):
     for err, device in run_distributed(u * r, _gpu_case, u, r, 3001, 5, 128, 77, dtype, side_stream,
                                        backend="nccl", timeout=300):
         assert device == "cuda" and err < TOL[dtype]
+
+
+DELAY_CYCLES = 2_000_000  # about 1 ms of GPU time: long enough to expose a missing wait
+
+
+def _virtual_ring_case(R, S, H, D, dtype, delay):
+    """A ring of R virtual ranks in one process on one GPU: the real RingLoop and RingExchange
+    (NCCL send to and receive from this same rank, on the communication stream, ordered by
+    events), driven phase by phase in lockstep. `delay` stalls the communication or the
+    compute stream before each step, so a missing wait shows as a wrong result."""
+    import torch.nn.functional as F
+
+    import ringsp_kernels as rk
+    from ringsp.parallel.comm import RingExchange
+    from ringsp.parallel.layout import shard_len
+    from ringsp.parallel.ring import RingLoop
+
+    q, k, v = random_tensors(S, *[(1, S, H, D)] * 3, dtype=dtype)
+    ref, _ = joint_reference(q, k, v)
+    L = shard_len(S, R)
+    q, k, v = (F.pad(t, (0, 0, 0, 0, 0, R * L - S), value=float("nan")).cuda() for t in (q, k, v))
+    real = RingExchange(None, "cuda")  # a world of one: next = prev = this rank
+    loops = []
+
+    class Virtual:  # virtual rank i receives the block virtual rank i - 1 holds
+        def __init__(self, i):
+            self.i = i
+
+        def start(self, send_buf, recv_buf, send=True, recv=True):
+            if not recv:
+                return []
+            if delay == "comm":
+                with torch.cuda.stream(real.stream):
+                    torch.cuda._sleep(DELAY_CYCLES)
+            return real.start(loops[self.i - 1].cur, recv_buf)
+
+        def wait(self, handle):
+            real.wait(handle)
+
+    for i in range(R):
+        kv = torch.stack([k[:, i * L:(i + 1) * L], v[:, i * L:(i + 1) * L]])
+        loops.append(RingLoop(q[:, i * L:(i + 1) * L].contiguous(), kv, R, i, S, None, Virtual(i)))
+    for step in range(R):
+        for lp in loops:
+            lp.begin(step)
+        for lp in loops:
+            if delay == "compute":
+                torch.cuda._sleep(DELAY_CYCLES)
+            lp.attend(step)
+        for lp in loops:
+            lp.end(step)
+    out = torch.cat([rk.finalize(lp.acc, lp.lse, dtype) for lp in loops], 1)[:, :S].cpu().double()
+    row_err = (out - ref).abs().amax(dim=(0, 2, 3))  # per query row: one bad row cannot hide
+    return row_err.max().item(), bool(torch.isfinite(out).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("R,S", [(2, 1000), (4, 1237), (8, 3001)])
+@pytest.mark.parametrize("delay", [None, "comm", "compute"])
+def test_ring_cuda_streams_on_one_gpu(R, S, delay):
+    if GPUS < 1:
+        pytest.skip("needs a CUDA device")
+    (err, finite), = run_distributed(1, _virtual_ring_case, R, S, 4, 128, torch.bfloat16, delay,
+                                     backend="nccl", timeout=300)
+    assert finite and err < TOL[torch.bfloat16], err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["triton", "cudnn"])
+def test_attention_reads_the_ulysses_receive_layout_in_place(path, monkeypatch):
+    """After the all-to-all, q, k and v are strided views of one [B, L, 3, H, D] buffer
+    (token-major); both kernel paths must read them as they are."""
+    if GPUS < 1:
+        pytest.skip("needs a CUDA device")
+    import ringsp_kernels as rk
+
+    monkeypatch.setenv("RINGSP_CUDA_ATTN", path)
+    L, H, D, n = 1000, 3, 128, 937
+    buf = random_tensors(7, (1, L, 3, H, D), dtype=torch.bfloat16)[0].cuda()
+    buf[:, n:, 1:] = float("nan")  # padded keys and values: masked by kv_len, whatever they hold
+    q, k, v = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2]
+    ref, _ = rk.reference_attention(q.cpu().double(), k[:, :n].cpu().double(), v[:, :n].cpu().double())
+    out, _ = rk.attn_fwd(q, k, v, kv_len=n)
+    acc, lse = rk.init_state(q)
+    rk.attn_step_(q, k, v, acc, lse, kv_len=n)
+    for got in (out, rk.finalize(acc, lse, q.dtype)):
+        err = (got.cpu().double() - ref).abs().amax(dim=(0, 2, 3)).max().item()
+        assert err < TOL[torch.bfloat16], err

@@ -163,9 +163,9 @@ def test_bad_input_fails_on_every_rank():
     expect = {
         "channels everywhere": ("ValueError", "8 channels but the VAE's z_dim is 16"),
         "too many ranks": ("ValueError", "use at most 2 ranks"),
-        "height differs": ("ValueError", "ranks disagree on latents shape"),
-        "values differ": ("ValueError", "ranks disagree on latents values"),
-        "weights differ": ("ValueError", "ranks disagree on VAE decoder weights"),
+        "height differs": ("ValueError", "  latents shape: rank 0 has (1, 16, 1, 4, 3), rank 1 has (1, 16, 1, 5, 3)"),
+        "values differ": ("ValueError", "  latents values (checksum): rank 0 has ("),
+        "weights differ": ("ValueError", "  VAE decoder weights (checksum): rank 0 has "),
         "not a vae": ("TypeError", "AutoencoderKLWan or AutoencoderKLQwenImage"),
         "4-D latents": ("ValueError", "[B, C, T, H, W]"),
         "bad output": ("ValueError", "output must be one of"),
@@ -176,7 +176,7 @@ def test_bad_input_fails_on_every_rank():
             assert out[case][0] == kind and text in out[case][1], (rank, case, out[case])
         kind, message = out["channels on rank 1"]
         assert kind == "ValueError"
-        assert ("z_dim is 16" in message) if rank == 1 else ("rank 1 of 3 rejected its input" in message)
+        assert ("z_dim is 16" in message) if rank == 1 else ("rank 1 of 3 rejected its arguments" in message)
         assert out["afterwards"] <= TOL
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from ringsp.parallel.halo import exchange_halo, start_halo_exchange
-from ringsp.parallel.layout import split_rows
+from ringsp.vae.halo import exchange_halo, start_halo_exchange
+from ringsp.vae.rows import split_rows
 from tests.mp_pool import run_distributed
 
 

@@ -1,6 +1,7 @@
-"""Halo exchange: each rank of a process group holds one contiguous slab of a tensor along
-some dimension (rank order = slab order) and needs a few boundary rows of its neighbours'
-slabs, e.g. before a convolution whose kernel reaches across the slab edge.
+"""Halo exchange for the row-split VAE decode: each rank of a process group holds one
+contiguous slab of a tensor along some dimension (rank order = slab order) and needs a few
+boundary rows of its neighbours' slabs, before a convolution whose kernel reaches across
+the slab edge.
 
     handle = start_halo_exchange(x, dim=-2, before=1, after=1, group=group)
     ...                                   # work that needs no halo overlaps the transfer
@@ -13,12 +14,16 @@ the missing halo there (zero padding, say).
 
 Every rank must call with the same `dim`, `before`, `after`, dtype and, apart from `dim`,
 the same shape: the receive buffers are sized from the local tensor, so the caller agrees
-on shapes across ranks beforehand. Knows nothing of what the rows mean.
+on shapes across ranks beforehand (parallel_vae_decode does, with one agreement before
+any exchange); the local checks here raise on the rank that fails them only. Knows
+nothing of what the rows mean.
+
+`group=None` is the default (WORLD) group, as everywhere in ringsp.
 """
 import torch
 import torch.distributed as dist
 
-__all__ = ["HaloExchange", "start_halo_exchange", "exchange_halo"]
+__all__ = ["HaloExchange", "start_halo_exchange", "exchange_halo", "check_group"]
 
 
 class HaloExchange:
@@ -42,20 +47,16 @@ def start_halo_exchange(x, dim, before, after, group=None):
     """Starts sending this rank's edge rows to its neighbours and receiving theirs.
 
     x: this rank's slab; dim: the split dimension; before/after: how many rows this rank
-    needs from its previous / next rank (non-negative ints, the same on every rank).
+    needs from its previous / next rank (non-negative ints, the same on every rank);
+    group: the process group whose rank order is the slab order (None = WORLD).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     dim = _check_dim(x, dim)
     before = _check_count("before", before)
     after = _check_count("after", after)
-    if group is not None and not isinstance(group, dist.ProcessGroup):
-        raise TypeError(f"group must be a ProcessGroup or None, got {type(group).__name__}")
-    if not dist.is_initialized():
-        raise ValueError("start_halo_exchange needs an initialised torch.distributed process group")
+    check_group(group, "start_halo_exchange")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    if rank < 0:
-        raise ValueError("this process is not a member of `group`")
     has_prev, has_next = rank > 0, rank < world - 1
     # A neighbour's halo must come from this rank's slab alone: it cannot hop over ranks.
     needed = max(after if has_prev else 0, before if has_next else 0)
@@ -82,8 +83,19 @@ def start_halo_exchange(x, dim, before, after, group=None):
 
 
 def exchange_halo(x, dim, before, after, group=None):
-    """Blocking form of `start_halo_exchange`: returns (from_prev, from_next)."""
+    """Blocking form of `start_halo_exchange` (group None = WORLD): returns (from_prev, from_next)."""
     return start_halo_exchange(x, dim, before, after, group).wait()
+
+
+def check_group(group, caller):
+    """TypeError/ValueError unless `group` (None = WORLD) is a process group this process
+    belongs to, in an initialised torch.distributed."""
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be a torch.distributed ProcessGroup or None, got {type(group).__name__}")
+    if not dist.is_initialized():
+        raise ValueError(f"{caller} needs an initialised torch.distributed process group")
+    if dist.get_rank(group) < 0:
+        raise ValueError("this process is not a member of `group`")
 
 
 def _empty_rows(x, dim, n):
