@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One single-GPU device call: kernel bench, then the Wan transformer forward and the VAE
-# decode at world size 1 (the multi-GPU kinds were not lent). Needs diffusers wheels in .whl/.
+# One single-GPU run: kernel bench, then the Wan transformer forward and the VAE decode at
+# world size 1 (what runs on a one-GPU machine; the N > 1 runs need torchrun on more GPUs).
+# Installs diffusers from the wheels in .whl/ (for machines without a package index).
 # Usage: bash bench/gpu_pipeline_w1.sh OUTDIR
 set -uo pipefail
 out=${1:-out}

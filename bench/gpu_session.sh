@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: build the extension, run the GPU tests, then the kernel benchmark.
+# One GPU run: build the extension, run the GPU tests, then the kernel benchmark.
 # Usage (on a GPU machine, from the repo root): bash bench/gpu_session.sh OUTDIR [bench args...]
 set -uo pipefail
 out=${1:-out}; shift || true

@@ -11,7 +11,9 @@ one warm-up, on torch's intra-op thread pool (torch.get_num_threads()).
 import argparse
 import datetime
 import json
+import os
 import platform
+import sys
 import time
 
 import torch
@@ -41,6 +43,18 @@ def measure(B, S, H, D, dtype, repeat):
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     sdpa = best_time(lambda: F.scaled_dot_product_attention(qt, kt, vt), repeat)
     return {"ours_s": ours, "sdpa_s": sdpa, "ours_gflops": flops / ours / 1e9, "sdpa_gflops": flops / sdpa / 1e9}
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def parse_shape(text):
@@ -74,11 +88,14 @@ def main(argv=None):
                   f"{r['ours_gflops'] / r['sdpa_gflops']:9.2f}", flush=True)
     if args.json:
         meta = {
-            "device": platform.processor() or platform.machine(),
+            "device": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(),
             "torch": torch.__version__,
+            "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=1)

@@ -6,6 +6,7 @@ not multiply to --num-gpus, more GPUs than present, sizes the model cannot take,
 missing or malformed model directory, a missing or unreadable --image.
 """
 import argparse
+import datetime
 import hashlib
 import os
 import sys
@@ -13,7 +14,8 @@ import sys
 from ringsp.models.pipelines import MODEL_NAMES, TINY_NAME, ModelDirError, inspect_model_dir, model_info
 
 from .devices import DEVICE_CHOICES, DeviceError, accelerator_count, default_dtype, resolve_device
-from .request import GenerateRequest
+from .output import writer_problem
+from .request import DEFAULT_TIMEOUT_S, GenerateRequest
 
 PROG = "ringsp generate"
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -90,6 +92,9 @@ def build_parser():
     run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
     run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                      help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                     help="the process group's timeout: a collective that waits longer (a stuck or lost rank) ends "
+                     "the run with an error instead of a hang (default: %(default)g)")
     run.add_argument("--compare-single", action="store_true",
                      help="also run in one process and print the max abs difference of frames and latents")
     return p
@@ -113,6 +118,7 @@ def parse_request(argv, env=None):
     suffixes = IMAGE_SUFFIXES if info.makes_images else VIDEO_SUFFIXES
     output = None if args.no_output else (args.output or os.path.join("outputs", f"{info.name}_{label}{suffixes[0]}"))
     _check_output(output, "--output", suffixes)
+    _check_writer(output)
     _check_output(args.json, "--json", (".json",))
     return GenerateRequest(
         model_name=args.model if args.model_path is None else None, model_path=args.model_path,
@@ -121,7 +127,7 @@ def parse_request(argv, env=None):
         num_gpus=num_gpus, ulysses_degree=u, ring_degree=r, cfg_degree=cfg,
         parallel_vae=not args.no_parallel_vae, vae_min_parallel_pixels=args.vae_min_parallel_pixels,
         device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
-        compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo,
+        compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo, timeout_s=_timeout(args),
         under_torchrun=world is not None, media="image" if info.makes_images else "video",
     )
 
@@ -303,6 +309,23 @@ def _check_output(path, flag, suffixes):
         raise UsageError(f"{flag} {path!r}: cannot create it (is {parent!r} a writable directory?)")
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} is a directory")
+
+
+def _check_writer(path):
+    """Refuses a run whose result could not be written, before any model work."""
+    problem = None if path is None else writer_problem(path)
+    if problem:
+        raise UsageError(f"--output {path!r}: {problem}; or choose another suffix, or --no-output")
+
+
+def _timeout(args):
+    try:
+        ok = args.timeout > 0 and bool(datetime.timedelta(seconds=args.timeout))  # NaN and inf fail here
+    except (OverflowError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
+    return args.timeout
 
 
 def describe_request(req):

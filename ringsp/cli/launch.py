@@ -6,7 +6,11 @@ Three ways to run, picked from the request:
 - one GPU / one process: everything here, no process group;
 - otherwise: `num_gpus` worker processes are spawned (one per GPU or NPU, gloo processes on
   CPU) on a free local port; rank 0 hands its outcome back through a file and this process
-  finishes.
+  finishes. A rank that fails ends the run within seconds: ringsp.cli.supervise names it
+  and stops the others.
+
+A collective that waits longer than --timeout seconds (the process group's timeout) ends in
+an error instead of a hang.
 
 The process group's backend follows the device: NCCL on CUDA, HCCL on Ascend NPUs, gloo on CPU.
 """
@@ -20,11 +24,11 @@ import tempfile
 import torch
 
 from .devices import backend_for, device_module
+from .output import describe
 from .report import format_memory_table, format_stage_table
+from .supervise import run_ranks
 from .worker import run_rank
 
-# A collective that waits longer than this ends in an error instead of a hang.
-GROUP_TIMEOUT_S = float(os.environ.get("RINGSP_GROUP_TIMEOUT_S", "900"))
 # Largest max |difference| (frames in [0, 1], latents) still reported as "equal" by
 # --compare-single: fp32 reorders sums (~1e-6 seen); half precision rounds each step.
 COMPARE_TOL = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
@@ -62,17 +66,14 @@ def init_group(request, local_rank):
         device_module(request.device).set_device(local_rank)  # imports torch_npu for NPUs
         if backend == "nccl":  # binds the group to the GPU at once (HCCL takes no device_id)
             kwargs["device_id"] = torch.device("cuda", local_rank)
-    dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S),
+    dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=request.timeout_s),
                             **kwargs)
 
 
 def _spawn(request):
-    import torch.multiprocessing as mp
-
     with tempfile.TemporaryDirectory(prefix="ringsp-") as tmp:
         path = os.path.join(tmp, "rank0.pt")
-        mp.start_processes(_spawned_rank, args=(request, _free_port(), path), nprocs=request.num_gpus,
-                           join=True, start_method="spawn")
+        run_ranks(_spawned_rank, (request, _free_port(), path), request.num_gpus)
         return torch.load(path, weights_only=False)
 
 
@@ -84,6 +85,7 @@ def _spawned_rank(local_rank, request, port, path):
                       LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(n))
     if request.device == "cpu":  # the processes share the cores: oversubscribed OpenMP spins
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    _thread_lock_for_tqdm()
     init_group(request, local_rank)
     try:
         outcome = run_rank(request, distributed=True, keep_tensors=request.compare_single)
@@ -102,6 +104,16 @@ def _spawned_rank(local_rank, request, port, path):
     os._exit(0)
 
 
+def _thread_lock_for_tqdm():
+    """tqdm's default lock holds multiprocessing semaphores; a rank stopped by SIGTERM after a
+    peer failed would leak them (a resource_tracker warning). One process: a thread lock does."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -116,6 +128,8 @@ def finish(request, outcome, out=None):
     if request.compare_single:
         report["sp_check"] = compare_with_single(request, outcome)
         code = 0 if report["sp_check"]["equal"] else 1
+    if not report.get("output", {"written": True})["written"]:
+        code = 1  # the frames are kept (.npy), but the file asked for is not there
     _print_report(report, request, out)
     if request.json_path:
         write_json(report, request.json_path)
@@ -155,8 +169,8 @@ def _print_report(report, request, out):
         print(f"\nSP check: the {p['num_gpus']}-process result {verdict} the single-process result: max |diff| "
               f"frames {c['max_abs_diff_frames']:.3g}, latents {c['max_abs_diff_latents']:.3g} "
               f"(tolerance {c['tolerance']:g} for {request.dtype})", file=out)
-    if request.output:
-        print(f"{'Image' if request.media == 'image' else 'Video'} written to {request.output}", file=out)
+    if "output" in report:
+        print(describe(report["output"], request.media), file=out)
 
 
 def write_json(report, path):

@@ -11,6 +11,7 @@ import sys
 from ringsp.models.pipelines import ModelDirError
 
 from .args import PROG, UsageError, build_parser, describe_request, parse_request, usage_exit
+from .supervise import WorkerFailure
 
 COMMANDS = ("generate",)
 
@@ -45,15 +46,11 @@ def main(argv=None):
         return launch.execute(request)
     except ModelDirError as exc:  # weights that only loading finds broken (one-process runs)
         usage_exit(str(exc))
-    except _worker_failures() as exc:
-        print(f"{PROG}: error: a worker process failed:\n{exc}", file=sys.stderr)
+    except WorkerFailure as exc:  # spawned ranks: the others are already stopped
+        if exc.traceback:
+            print(f"Traceback of rank {exc.failures[0].rank}:\n{exc.traceback.rstrip()}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-
-
-def _worker_failures():
-    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
-
-    return ProcessRaisedException, ProcessExitedException
 
 
 __all__ = ["main", "build_parser"]

@@ -5,6 +5,9 @@ import torch
 
 from .generation import GenerationParams
 
+# The process group's timeout (--timeout): a collective waiting longer ends in an error, not a hang.
+DEFAULT_TIMEOUT_S = 900.0
+
 
 @dataclass(frozen=True)
 class GenerateRequest:
@@ -40,6 +43,7 @@ class GenerateRequest:
     image: str | None = None        # edit models: the input image's path ...
     image_digest: str | None = None  # ... its sha256, so ranks given different files fail together
     image_area: int | None = None   # ... and the pixels it is resized to
+    timeout_s: float = DEFAULT_TIMEOUT_S  # the process group's timeout
 
     @property
     def torch_dtype(self):

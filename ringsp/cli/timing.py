@@ -53,10 +53,17 @@ class StageTimer:
         self._last_mark = start
         try:
             yield
-        finally:
-            self._sync()
-            self.stages[name] = self._clock() - start
-            self._last_mark = None
+        except BaseException:
+            # No barrier on the way out of an error: the peers may be dead or stuck, and
+            # waiting for them would only add a whole group timeout before the error shows.
+            self._end(name, start)
+            raise
+        self._sync()
+        self._end(name, start)
+
+    def _end(self, name, start):
+        self.stages[name] = self._clock() - start
+        self._last_mark = None
 
     def step_done(self):
         """Ends one denoising step: steps are back-to-back intervals inside their stage, so

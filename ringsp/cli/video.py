@@ -24,6 +24,8 @@ def write_video(path, frames, fps=FPS):
     if path.lower().endswith(".gif"):
         imageio.mimwrite(path, list(data), duration=1.0 / fps)
     else:
+        # FFMPEG named: without imageio-ffmpeg, imageio would pick another plugin by suffix (a
+        # TIFF writer was seen) and fail only after creating an unreadable file.
         # Sizes of Wan outputs are multiples of 16, so ffmpeg needs no resizing (block size 1).
-        imageio.mimwrite(path, list(data), fps=fps, macro_block_size=1)
+        imageio.mimwrite(path, list(data), format="FFMPEG", fps=fps, macro_block_size=1)
     return path

@@ -1,6 +1,6 @@
 """One rank of a `ringsp generate` run: load the pipeline, put it under sequence parallelism,
-generate with stage timings, gather the memory peaks; rank 0 writes the video or image and
-returns the report.
+generate with stage timings, gather the memory peaks; rank 0 writes the video or image (or,
+if that fails, keeps the frames as .npy: ringsp.cli.output) and returns the report.
 
     outcome = run_rank(request, distributed=True)   # in an initialised process group
     outcome = run_rank(request, distributed=False)  # one process, plain diffusers transformer
@@ -22,11 +22,10 @@ import torch
 
 from . import devices
 from .generation import generate
-from .image import write_image
 from .memory import peak_memory, reset_peak
 from .report import build_report
+from .output import save_output
 from .timing import StageTimer, make_sync
-from .video import write_video
 
 WEIGHTS_SEED = 0  # dummy weights depend on this only, never on --seed
 
@@ -90,13 +89,15 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     memory = _gather(peak_memory(device, rank), distributed)
     if rank != 0:
         return None
-    save_s = 0.0
+    save_s, output = 0.0, None
     if request.output and not quiet:
         start = time.perf_counter()
-        (write_image if request.media == "image" else write_video)(request.output, result.frames)
+        output = save_output(request.output, result.frames, request.media)  # never raises: frames kept
         save_s = time.perf_counter() - start
     report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
                                                                       load_s, save_s, distributed, sp_transformer))
+    if output is not None:
+        report["output"] = output
     if not keep_tensors:
         return RankOutcome(report)
     return RankOutcome(report, latents=result.latents.float().cpu(), frames=result.frames)
@@ -122,7 +123,9 @@ def _parallel_context(request):
     if dist.get_world_size() != request.num_gpus:
         raise ValueError(f"the process group has {dist.get_world_size()} ranks but the request needs "
                          f"{request.num_gpus}")
-    return init_parallel(ParallelConfig(request.ulysses_degree, request.ring_degree, request.cfg_degree))
+    # The Ulysses / ring / CFG subgroups get --timeout too, as the default group did.
+    return init_parallel(ParallelConfig(request.ulysses_degree, request.ring_degree, request.cfg_degree),
+                         timeout=request.timeout_s)
 
 
 def _agree_on_request(request):

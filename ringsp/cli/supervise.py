@@ -1,0 +1,141 @@
+"""Running the spawned ranks of a `ringsp generate` run and ending them together.
+
+    run_ranks(fn, args, nprocs)   # fn(local_rank, *args) in each process; WorkerFailure if any failed
+
+When one rank dies (killed by the OOM killer, a segfault, os._exit), its peers soon fail
+too ("Connection closed by peer") or wait in a collective until the group's timeout.
+torch.multiprocessing's own join reports whichever failed process it looks at first, which
+may be such a peer. Here every failure within a short grace period is collected, the ranks
+that died without a Python error are named first (they are the cause), and the ranks still
+running are stopped (SIGTERM, then SIGKILL), so no process outlives the launcher.
+"""
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass
+
+# After the first failure, how long the other ranks get to end on their own (a peer's
+# error names what it saw) before they are stopped.
+GRACE_S = 2.0
+# How long a rank may take to stop after SIGTERM before it is killed.
+STOP_S = 5.0
+
+
+@dataclass
+class RankFailure:
+    rank: int
+    pid: int
+    exitcode: int
+    traceback: str | None  # the rank's Python traceback if it raised; None if it died
+
+    @property
+    def died(self):
+        """True if the rank ended without a Python error (a signal, os._exit, a crash)."""
+        return self.traceback is None
+
+    def headline(self):
+        if self.exitcode < 0:
+            how = f"was killed by signal {_signal_name(-self.exitcode)}"
+        elif self.traceback is None:
+            how = f"exited with code {self.exitcode} without a Python error"
+        else:
+            how = f"raised {_last_line(self.traceback)}"
+        return f"rank {self.rank} (pid {self.pid}) {how}"
+
+
+class WorkerFailure(RuntimeError):
+    """Ranks of a spawned run failed: `failures` lists them, causes (ranks that died) first;
+    str() is one line naming them; `traceback` is the Python traceback of the first one, if
+    it raised (a peer's "connection reset" after a rank died would only distract)."""
+
+    def __init__(self, failures, stopped):
+        self.failures, self.stopped = list(failures), list(stopped)
+        parts = [f.headline() for f in self.failures]
+        if self.stopped:
+            parts.append(f"rank{'s' if len(self.stopped) > 1 else ''} {', '.join(map(str, self.stopped))} "
+                         "stopped by ringsp")
+        super().__init__("; ".join(parts))
+
+    @property
+    def traceback(self):
+        return self.failures[0].traceback if self.failures else None
+
+
+def run_ranks(fn, args, nprocs):
+    """Spawns `nprocs` processes running fn(local_rank, *args) and waits for all of them;
+    raises WorkerFailure if any failed. Returns only when no process is left."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    procs, stopped = context.processes, []
+    try:
+        _wait(procs)
+    finally:  # a failure, or KeyboardInterrupt in the launcher: no rank outlives it
+        stopped = _stop(procs)
+        failures = [_failure(i, p, context.error_files[i]) for i, p in enumerate(procs)
+                    if i not in stopped and p.exitcode not in (None, 0)]
+        _remove(context.error_files)
+    if failures:
+        raise WorkerFailure(sorted(failures, key=lambda f: (not f.died, f.rank)), stopped)
+
+
+def _wait(procs):
+    """Returns when every process has ended, or GRACE_S after the first one failed."""
+    pending = {p.sentinel: p for p in procs}
+    deadline = None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait(list(pending), timeout)
+        if not ready:
+            return
+        for sentinel in ready:
+            proc = pending.pop(sentinel)
+            proc.join()
+            if proc.exitcode != 0 and deadline is None:
+                deadline = time.monotonic() + GRACE_S
+
+
+def _stop(procs):
+    """SIGTERM to the processes still running, SIGKILL after STOP_S; returns their indices."""
+    alive = [i for i, p in enumerate(procs) if p.is_alive()]
+    for i in alive:
+        procs[i].terminate()
+    deadline = time.monotonic() + STOP_S
+    for i in alive:
+        procs[i].join(max(0.0, deadline - time.monotonic()))
+        if procs[i].is_alive():  # stuck in C++ (a collective) where Python cannot handle SIGTERM
+            procs[i].kill()
+            procs[i].join()
+    return alive
+
+
+def _failure(index, proc, error_file):
+    trace = None
+    try:
+        with open(error_file, "rb") as f:  # written by torch's wrapper when fn raised
+            trace = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        pass
+    return RankFailure(rank=index, pid=proc.pid, exitcode=proc.exitcode, traceback=trace)
+
+
+def _remove(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _last_line(trace):
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "an error"
