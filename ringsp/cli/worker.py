@@ -81,6 +81,7 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     sync = make_sync(device, None, distributed)
     sync()
     load_s = time.perf_counter() - start
+    compiled = _compile(pipe, request, ctx, sync) if request.compile_mode else None
     if request.warmup_steps:
         generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
     reset_peak(device)
@@ -98,9 +99,26 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
                                                                       load_s, save_s, distributed, sp_transformer))
     if output is not None:
         report["output"] = output
+    if compiled is not None:
+        report["compile"] = compiled
     if not keep_tensors:
         return RankOutcome(report)
     return RankOutcome(report, latents=result.latents.float().cpu(), frames=result.frames)
+
+
+def _compile(pipe, request, ctx, sync):
+    """torch.compile of the transformer(s), then the untimed warm-up generation that compiles
+    them (and records the CUDA graphs): what the report says of it."""
+    from ringsp.models import compile_pipeline
+
+    compile_pipeline(pipe, request.compile_mode, request.cuda_graphs)
+    # Qwen's scheduler needs 2 steps; CUDA graphs record on a shape's second forward, replay from the third
+    steps = 3 if request.cuda_graphs else 2
+    start = time.perf_counter()
+    generate(pipe, dataclasses.replace(request.params(), steps=steps), ctx)
+    sync()
+    return {"mode": request.compile_mode, "cuda_graphs": request.cuda_graphs, "warmup_steps": steps,
+            "warmup_s": time.perf_counter() - start}
 
 
 def load_pipeline_for(request, device):
@@ -130,15 +148,10 @@ def _parallel_context(request):
 
 def _agree_on_request(request):
     """Every rank raises the same ValueError if the ranks were given different requests."""
-    import torch.distributed as dist
+    from ringsp.parallel.agreement import agree
 
-    mine = dataclasses.asdict(request)
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    differ = sorted(k for k in mine if any(other[k] != mine[k] for other in everyone))
-    if differ:
-        detail = "; ".join(f"{k}: " + ", ".join(f"rank {r}={o[k]!r}" for r, o in enumerate(everyone)) for k in differ)
-        raise ValueError(f"ranks were started with different arguments: {detail}")
+    agree(None, "ringsp generate (ranks were started with different arguments)", dataclasses.asdict(request),
+          cache=False)
 
 
 def _broadcast_weights(pipe):
