@@ -1,36 +1,36 @@
 """Kernel benchmark: ringsp's fused ring-step kernels vs cuDNN and flash SDPA, side by side.
 
-    python bench/kernels.py [--json OUT.json] [--sweep] [--quick]
+    python bench/kernels.py [--json OUT.json] [--sweep] [--quick] [--rounds 3] [--reps 100]
 
 For every shape (bf16, B=1) it checks the kernels against cuDNN's output and LSE, then
-times (median of CUDA-event timings) and prints TFLOP/s = 4*B*H*Sq*Sk*D / time:
-  attn_fwd            ringsp's Triton kernel over the whole KV (autotuned)
+times and prints TFLOP/s = 4*B*H*Sq*Sk*D / time. Each time is the median over `--rounds`
+rounds of do_bench medians, the candidates interleaved within a round, so that clock
+drift and throttling bias none of them:
+  attn_fwd            ringsp's Triton kernel over the whole KV (the class's tuned config)
   step_chain4         init_state + 4 Triton attn_step_ over KV blocks of S/4 + finalize
-  ...[auto]           the same through the default dispatch, which measured Triton against
-                      cuDNN (+ fused merge) on its first call and kept the faster
+  ...[cudnn]          the same through rk with the cuDNN path forced (cuDNN + one-pass merge)
+  ...[auto]           the same through the default dispatch (its tables, or a measurement
+                      of the class made before the timing starts)
   cudnn               torch.ops.aten._scaled_dot_product_cudnn_attention (returns LSE)
   flash               SDPA with the flash backend
   cudnn4+eager_merge  cuDNN on 4 blocks of S/4 merged with float32 torch ops (the unfused ring)
   cudnn4+fused_merge  cuDNN on 4 blocks merged by ringsp's one-pass Triton merge
+auto_vs_best = [auto] / min(Triton, cuDNN) per op (fwd: attn_fwd vs cudnn; chain:
+step_chain4 vs step_chain4[cudnn]); the dispatch's target is <= 1.02.
 --sweep also times fixed Triton configurations (block sizes, warps, stages, TMA, warp
-specialisation) on each shape, to pick the autotuning list.
+specialisation) on each shape, to pick the tuner's candidate list.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 
 import torch
 
-SHAPES = [  # (name, Sq=Sk, H, D)
-    ("wan1.3b-480p", 32760, 12, 128),
-    ("wan1.3b-half", 16380, 12, 128),
-    ("wan-720p-h5", 75600, 5, 128),
-    ("qwen-1328", 7146, 24, 128),
-    ("d64", 16380, 24, 64),
-]
+from ringsp_kernels.tune import KERNEL_SHAPES as SHAPES  # (name, Sq=Sk, H, D); `tune --set kernels` measures them
 SWEEP = [  # BLOCK_M, BLOCK_N, warps, stages, tma, warp_spec
     (128, 128, 8, 3, True, True), (128, 128, 8, 3, True, False), (128, 128, 4, 3, True, True),
     (128, 64, 4, 3, True, True), (128, 64, 8, 3, True, True), (128, 128, 8, 2, True, True),
@@ -81,16 +81,15 @@ def candidates(q, k, v, rk, cuda_ops):
 
     def forced(path, fn):
         def run():
-            os.environ["RINGSP_CUDA_ATTN"] = path
-            try:
+            with cuda_ops.forced(path):
                 return fn()
-            finally:
-                os.environ.pop("RINGSP_CUDA_ATTN")
         return run
 
     return {
         "attn_fwd": forced("triton", lambda: rk.attn_fwd(q, k, v)),
         "step_chain4": forced("triton", chain),
+        "attn_fwd[cudnn]": forced("cudnn", lambda: rk.attn_fwd(q, k, v)),
+        "step_chain4[cudnn]": forced("cudnn", chain),
         "attn_fwd[auto]": lambda: rk.attn_fwd(q, k, v),
         "step_chain4[auto]": chain,
         "cudnn": cudnn,
@@ -102,15 +101,14 @@ def candidates(q, k, v, rk, cuda_ops):
 
 def check(q, k, v, rk, cuda_ops):
     """The Triton kernel's output/LSE against cuDNN's: relative error of out, max |lse diff|."""
-    os.environ["RINGSP_CUDA_ATTN"] = "triton"
-    out, lse = rk.attn_fwd(q, k, v)
-    ref_out, ref_lse = cuda_ops.cudnn_attn(q, k, v, q.shape[-1] ** -0.5, k.shape[1])
-    acc, st = rk.init_state(q)
-    S = k.shape[1]
-    for i in range(4):
-        a, b = i * S // 4, (i + 1) * S // 4
-        rk.attn_step_(q, k[:, a:b], v[:, a:b], acc, st)
-    os.environ.pop("RINGSP_CUDA_ATTN")
+    with cuda_ops.forced("triton"):
+        out, lse = rk.attn_fwd(q, k, v)
+        ref_out, ref_lse = cuda_ops.cudnn_attn(q, k, v, q.shape[-1] ** -0.5, k.shape[1])
+        acc, st = rk.init_state(q)
+        S = k.shape[1]
+        for i in range(4):
+            a, b = i * S // 4, (i + 1) * S // 4
+            rk.attn_step_(q, k[:, a:b], v[:, a:b], acc, st)
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
     return {"fwd_rel_err": rel(out, ref_out), "fwd_lse_max_diff": (lse - ref_lse).abs().max().item(),
             "chain_rel_err": rel(acc, ref_out), "chain_lse_max_diff": (st - ref_lse).abs().max().item()}
@@ -154,12 +152,45 @@ def versions():
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
 
 
+def timed(fns, bench, rounds):
+    """name -> ms: the median over `rounds` of each candidate's do_bench median, the
+    candidates interleaved within each round."""
+    runs = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            runs[name].append(bench(fn))
+    return {name: statistics.median(ms) for name, ms in runs.items()}
+
+
+def dispatch_entries(q, S, D, H, rk, cuda_ops):
+    """The dispatch entries the [auto] rows use (resolving them first: a class no table
+    knows is measured here, before any timing)."""
+    from ringsp_kernels import dispatch
+
+    rk.attn_fwd(q, q, q)
+    acc, lse = rk.init_state(q)
+    rk.attn_step_(q, q[:, :S // 4], q[:, :S // 4], acc, lse)
+    name = cuda_ops.device_name(q.get_device())
+    return {op: dispatch.lookup(dispatch.class_key(name, q.dtype, D, H, 1, S, sk, op))
+            for op, sk in (("fwd", S), ("step", S // 4))}
+
+
+def summarise(entry):
+    ms = entry["ms"]
+    entry["ratio_to_cudnn"] = {c: ms["cudnn"] / t for c, t in ms.items()}
+    entry["chain_over_fwd"] = ms["step_chain4"] / ms["attn_fwd"]
+    entry["chain_over_fwd_auto"] = ms["step_chain4[auto]"] / ms["attn_fwd[auto]"]
+    entry["auto_vs_best"] = {"fwd": ms["attn_fwd[auto]"] / min(ms["attn_fwd"], ms["cudnn"]),
+                             "chain": ms["step_chain4[auto]"] / min(ms["step_chain4"], ms["step_chain4[cudnn]"])}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--sweep", action="store_true", help="also time fixed Triton configurations")
     p.add_argument("--quick", action="store_true", help="first two shapes only")
-    p.add_argument("--reps", type=int, default=200, help="timing window per candidate, ms")
+    p.add_argument("--reps", type=int, default=100, help="do_bench window per candidate and round, ms")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per candidate")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA GPU (on CPU see bench/kernels_cpu.py)")
@@ -171,31 +202,32 @@ def main():
     from ringsp_kernels import cuda as cuda_ops
 
     logging.basicConfig(format="%(message)s")
-    logging.getLogger("ringsp").setLevel(logging.INFO)  # shows the measured triton/cuDNN choices
+    logging.getLogger("ringsp").setLevel(logging.INFO)  # shows any measured triton/cuDNN choice
 
-    bench = lambda fn: triton.testing.do_bench(fn, warmup=50, rep=args.reps, return_mode="median")  # noqa: E731
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=args.reps, return_mode="median")  # noqa: E731
     report = {"meta": versions(), "shapes": {}}
     print(f"# {report['meta']['device']}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     for name, S, H, D in SHAPES[:2] if args.quick else SHAPES:
         g = torch.Generator(device="cuda").manual_seed(S)
         q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
         fl = flops(1, H, S, S, D)
-        entry = {"S": S, "H": H, "D": D, "check": check(q, k, v, rk, cuda_ops), "ms": {}, "tflops": {}}
-        for cand, fn in candidates(q, k, v, rk, cuda_ops).items():
-            ms = bench(fn)
-            entry["ms"][cand], entry["tflops"][cand] = ms, fl / ms / 1e9
+        entry = {"S": S, "H": H, "D": D, "dispatch": dispatch_entries(q, S, D, H, rk, cuda_ops),
+                 "check": check(q, k, v, rk, cuda_ops)}
+        entry["ms"] = timed(candidates(q, k, v, rk, cuda_ops), bench, args.rounds)
+        entry["tflops"] = {c: fl / ms / 1e9 for c, ms in entry["ms"].items()}
         if args.sweep:
             entry["sweep_tflops"] = {c: (fl / ms / 1e9 if isinstance(ms, float) else ms)
                                      for c, ms in sweep(q, k, v, bench).items()}
-        entry["ratio_to_cudnn"] = {c: entry["ms"]["cudnn"] / ms for c, ms in entry["ms"].items()}
-        entry["chain_over_fwd"] = entry["ms"]["step_chain4"] / entry["ms"]["attn_fwd"]
-        entry["chain_over_fwd_auto"] = entry["ms"]["step_chain4[auto]"] / entry["ms"]["attn_fwd[auto]"]
+        summarise(entry)
         report["shapes"][name] = entry
         print(f"\n## {name}: S={S} H={H} D={D}  check {entry['check']}", flush=True)
+        print(f"  dispatch: fwd {entry['dispatch']['fwd']}, step {entry['dispatch']['step']}")
         for cand in entry["ms"]:
             print(f"  {cand:20s} {entry['ms'][cand]:9.3f} ms {entry['tflops'][cand]:7.1f} TFLOP/s "
                   f"x{entry['ratio_to_cudnn'][cand]:.3f} of cuDNN", flush=True)
-        print(f"  chain4/fwd = {entry['chain_over_fwd']:.3f} (triton), {entry['chain_over_fwd_auto']:.3f} (auto)")
+        print(f"  chain4/fwd = {entry['chain_over_fwd']:.3f} (triton), {entry['chain_over_fwd_auto']:.3f} (auto); "
+              f"auto / min(triton, cudnn): fwd {entry['auto_vs_best']['fwd']:.3f}, "
+              f"chain {entry['auto_vs_best']['chain']:.3f}")
         for c, t in entry.get("sweep_tflops", {}).items():
             print(f"  sweep {c:28s} {t if isinstance(t, str) else f'{t:7.1f} TFLOP/s'}", flush=True)
         del q, k, v

@@ -5,20 +5,24 @@
 import json
 import sys
 
-COLUMNS = ["attn_fwd", "step_chain4", "attn_fwd[auto]", "step_chain4[auto]", "cudnn", "flash", "cudnn4+eager_merge", "cudnn4+fused_merge"]
+COLUMNS = ["attn_fwd", "step_chain4", "attn_fwd[cudnn]", "step_chain4[cudnn]", "attn_fwd[auto]", "step_chain4[auto]",
+           "cudnn", "flash", "cudnn4+eager_merge", "cudnn4+fused_merge"]
 
 
 def render(report):
     meta = report["meta"]
     lines = [f"Device {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
              f"cuDNN {meta['cudnn']}, {meta['date']}; `{meta['command']}`", "",
-             "| shape (B=1, bf16) | " + " | ".join(COLUMNS) + " | fwd / cuDNN | chain4 / fwd | chain4 / fwd (auto) | fwd rel err |",
-             "|---" * (len(COLUMNS) + 5) + "|"]
+             "| shape (B=1, bf16) | " + " | ".join(COLUMNS) + " | fwd / cuDNN | chain4 / fwd | chain4 / fwd (auto) "
+             "| auto / best (fwd) | auto / best (chain) | fwd rel err |",
+             "|---" * (len(COLUMNS) + 7) + "|"]
     for name, e in report["shapes"].items():
         cells = [f"{e['tflops'][c]:.0f}" if c in e["tflops"] else "" for c in COLUMNS]
         cells += [f"{e['ratio_to_cudnn']['attn_fwd']:.3f}", f"{e['chain_over_fwd']:.3f}",
-                  f"{e['chain_over_fwd_auto']:.3f}" if "chain_over_fwd_auto" in e else "",
-                  f"{e['check']['fwd_rel_err']:.1e}"]
+                  f"{e['chain_over_fwd_auto']:.3f}" if "chain_over_fwd_auto" in e else ""]
+        best = e.get("auto_vs_best", {})  # older reports lack it
+        cells += [f"{best[op]:.3f}" if op in best else "" for op in ("fwd", "chain")]
+        cells += [f"{e['check']['fwd_rel_err']:.1e}"]
         lines.append(f"| {name} S={e['S']} H={e['H']} D={e['D']} | " + " | ".join(cells) + " |")
     sweeps = [(n, e["sweep_tflops"]) for n, e in report["shapes"].items() if "sweep_tflops" in e]
     if sweeps:

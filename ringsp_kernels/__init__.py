@@ -9,20 +9,43 @@
 q/k/v/out are [B, S, H, D]; lse is [B, H, S] float32 (natural log, -inf for a row that
 has seen no key); acc is float32 [B, S, H, D] holding the normalised output so far.
 Every function is also `torch.ops.ringsp.<name>`; the backend follows the tensors' device.
+Plain CUDA tensors in eager mode skip the op dispatcher (a few us per call, which a ring
+step pays on every block) and call the CUDA implementation directly; under torch.compile,
+fake tensors, dispatch modes or autograd the calls go through `torch.ops.ringsp`.
 """
+import sys
+
 import torch
 
+from . import dispatch  # noqa: F401  (the rank-consistent kernel choice: snapshot() / install())
 from . import registry  # noqa: F401  (loads the op library and binds the backends)
+from . import fp8 as _lowp  # opt-in 8-bit precisions (precision="fp8" / "int8")
 from .checks import DTYPES, check_merge, check_qkv, check_state
 from .reference import reference_attention
 
 __all__ = ["attn_fwd", "init_state", "attn_step_", "merge_", "finalize", "reference_attention"]
 
+_OPS = torch.ops.ringsp
+_CUDA = sys.modules.get(__name__ + ".cuda")  # imported by registry where Triton is installed
+_compiling = torch.compiler.is_compiling
+_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
-def attn_fwd(q, k, v, scale=None, kv_len=None):
-    """Attention of q over k/v[:, :kv_len]; returns (out in q's dtype, lse float32 [B, H, Sq])."""
+
+def _impl(q, name):
+    """The CUDA implementation itself where nothing needs to see the op, else torch.ops."""
+    if (_CUDA is not None and type(q) is torch.Tensor and q.is_cuda and not _compiling()
+            and not _modes() and not (q.requires_grad and torch.is_grad_enabled())):
+        return getattr(_CUDA, name)
+    return getattr(_OPS, name)
+
+
+def attn_fwd(q, k, v, scale=None, kv_len=None, precision=None):
+    """Attention of q over k/v[:, :kv_len]; returns (out in q's dtype, lse float32 [B, H, Sq]).
+    precision: None (q's dtype) or "fp8" / "int8" (CUDA; see ringsp_kernels.fp8)."""
     kv_len = check_qkv(q, k, v, scale, kv_len)
-    return torch.ops.ringsp.attn_fwd(q, k, v, scale, kv_len)
+    if precision is not None and _lowp.quantised(precision, q):
+        return _lowp.attn_fwd(q, k, v, scale, kv_len, precision)
+    return _impl(q, "attn_fwd")(q, k, v, scale, kv_len)
 
 
 def init_state(q):
@@ -32,17 +55,20 @@ def init_state(q):
     return torch.ops.ringsp.init_state(q)
 
 
-def attn_step_(q, k, v, acc, lse, scale=None, kv_len=None):
-    """Attends q to this KV block and merges the result into (acc, lse) in place."""
+def attn_step_(q, k, v, acc, lse, scale=None, kv_len=None, precision=None):
+    """Attends q to this KV block and merges the result into (acc, lse) in place.
+    precision: None (q's dtype) or "fp8" / "int8" (CUDA; see ringsp_kernels.fp8)."""
     kv_len = check_qkv(q, k, v, scale, kv_len)
     check_state(q, acc, lse)
-    torch.ops.ringsp.attn_step_(q, k, v, acc, lse, scale, kv_len)
+    if precision is not None and _lowp.quantised(precision, q):
+        return _lowp.attn_step_(q, k, v, acc, lse, scale, kv_len, precision)
+    _impl(q, "attn_step_")(q, k, v, acc, lse, scale, kv_len)
 
 
 def merge_(acc, lse, out_blk, lse_blk):
     """Merges a partial attention result (out_blk, lse_blk) into (acc, lse) in place."""
     check_merge(acc, lse, out_blk, lse_blk)
-    torch.ops.ringsp.merge_(acc, lse, out_blk, lse_blk)
+    _impl(acc, "merge_")(acc, lse, out_blk, lse_blk)
 
 
 def finalize(acc, lse, dtype):

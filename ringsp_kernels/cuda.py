@@ -1,84 +1,158 @@
 """CUDA implementations of the ringsp ops, registered for the CUDA key.
 
 Attention runs in the fused Triton kernel (triton_attn.py) or, where cuDNN is faster for a
-shape, as cuDNN attention with LSE followed by the one-pass Triton merge -- so users never
-pay for the slower path. The choice is measured, not guessed: the first call of each
-(device, dtype, head dim, heads, size class, step/fwd) times both paths once and caches
-the winner. RINGSP_CUDA_ATTN=triton|cudnn forces one (auto by default).
+shape class, as cuDNN attention with LSE followed by the one-pass Triton merge -- so users
+never pay for the slower path. dispatch.py decides per (device, dtype, head dim, heads,
+size class, op) from its tables, measuring a class no table knows once (local mode only;
+see dispatch.py for the rank-consistent mode). Each exact shape's plan (path + Triton
+config) is then kept here, so a call costs one dict lookup before its launch.
+
+RINGSP_CUDA_ATTN=triton|cudnn forces a path (auto by default); it is read once, at import
+-- set_forced() / forced() change it later. A forced path never triggers a measurement.
 """
+import contextlib
+import functools
 import logging
 import os
 
 import torch
 
-from . import checks
-from .triton_attn import bucket, launch
+from . import dispatch, timing
+from .triton_attn import capability, configs, launch
 from .triton_merge import launch_merge
 
 log = logging.getLogger("ringsp")
-_CHOICE = {}  # shape class -> "triton" | "cudnn"
+CHOICES = ("auto", "triton", "cudnn")
+_PLANS = {}  # (device, q.shape, Sk, dtype, op, forced path) -> (path, config)
+_NAMES = {}  # device index -> device name
+_CUDNN = torch.ops.aten._scaled_dot_product_cudnn_attention.default
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
+dispatch.on_change(_PLANS.clear)
 
 
-def _time_pair(fn_a, fn_b, rounds=5):
-    """Median milliseconds of two candidates, timed in alternation so that clock drift and
-    throttling bias neither; the first call of each (compile, autotune, plan) is excluded."""
-    fn_a()
-    fn_b()
-    times = ([], [])
-    for _ in range(rounds):
-        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end))
-    return tuple(sorted(t)[len(t) // 2] for t in times)
+def _validated(value):
+    if value not in CHOICES:
+        raise ValueError(f"RINGSP_CUDA_ATTN must be auto, triton or cudnn, got {value!r}")
+    return value
 
 
-def _choose(q, k, v, scale, kv_len, acc, lse, has_state):
-    forced = os.environ.get("RINGSP_CUDA_ATTN", "auto")
-    if forced not in ("auto", "triton", "cudnn"):
-        raise ValueError(f"RINGSP_CUDA_ATTN must be auto, triton or cudnn, got {forced!r}")
-    if q.device.type != "cuda" or q.dtype == torch.float32:  # interpreter tests; cuDNN has no fp32
-        return "triton"
-    if forced != "auto":
-        return forced
-    B, Sq, H, D = q.shape
-    key = (torch.cuda.get_device_capability(q.device), q.dtype, D, H, bucket(B), bucket(Sq), bucket(kv_len), has_state)
-    if key not in _CHOICE:
-        if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph capture
-            return "triton"
-        a, l2 = acc.clone(), lse.clone()  # scratch: the trials must not touch the caller's state
-        try:
-            triton_ms, cudnn_ms = _time_pair(lambda: launch(q, k, v, a, l2, scale, kv_len, has_state=has_state),
-                                             lambda: _cudnn_into(q, k, v, scale, kv_len, a, l2, has_state))
-        except RuntimeError as e:  # a shape or head dim this cuDNN build does not support
-            log.info("ringsp: cuDNN attention unavailable for %s: %s", tuple(q.shape), e)
-            triton_ms, cudnn_ms = 0.0, float("inf")
-        _CHOICE[key] = "triton" if triton_ms <= cudnn_ms else "cudnn"
-        log.info("ringsp: %s D=%d %s H=%d Sq~%d Sk~%d -> %s (triton %.3f ms, cudnn%s %.3f ms)",
-                 "attn_step_" if has_state else "attn_fwd", D, q.dtype, H, bucket(Sq), bucket(kv_len),
-                 _CHOICE[key], triton_ms, "+merge" if has_state else "", cudnn_ms)
-    return _CHOICE[key]
+_forced = os.environ.get("RINGSP_CUDA_ATTN", "auto")  # validated on first use, not at import
 
 
-def _cudnn_into(q, k, v, scale, kv_len, acc, lse, has_state):
-    out, lse_blk = cudnn_attn(q, k, v, scale, kv_len)
-    if has_state:
-        launch_merge(acc, lse, out, lse_blk)
-    else:
-        acc.copy_(out)
-        lse.copy_(lse_blk)
+def set_forced(path):
+    """Forces 'triton' or 'cudnn' for every shape ('auto' or None: the dispatch tables)."""
+    global _forced
+    _forced = _validated(path or "auto")  # plans are keyed on it: switching back and forth is cheap
+
+
+@contextlib.contextmanager
+def forced(path):
+    """with forced('triton'): ... -- for benchmarks and tests."""
+    before = _forced
+    set_forced(path)
+    try:
+        yield
+    finally:
+        set_forced(before)
+
+
+def versions():
+    """What a measured choice depends on besides the device (the disk cache's file key)."""
+    import triton
+
+    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+
+
+def device_name(index):
+    name = _NAMES.get(index)
+    if name is None:
+        name = _NAMES[index] = torch.cuda.get_device_name(index)
+        dispatch.set_versions(versions())
+    return name
+
+
+def cudnn_ok(q):
+    """Shapes cuDNN's fused attention takes: half precision, head dim a multiple of 8 <= 256."""
+    D = q.shape[3]
+    return q.dtype != torch.float32 and D % 8 == 0 and D <= 256
 
 
 def cudnn_attn(q, k, v, scale, kv_len):
-    """cuDNN attention over k/v[:, :kv_len] returning (out [B,S,H,D], lse [B,H,S] float32)."""
-    k, v = k[:, :kv_len], v[:, :kv_len]
-    res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True, scale=scale)
-    out, lse = res[0], res[1]
-    return out.transpose(1, 2), lse.reshape(q.shape[0], q.shape[2], q.shape[1]).float()
+    """cuDNN attention over k/v[:, :kv_len]: cuDNN's own (out [B,S,H,D] view, lse [B,H,S])."""
+    if kv_len != k.shape[1]:
+        k, v = k[:, :kv_len], v[:, :kv_len]
+    res = _CUDNN(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True, scale=scale)
+    lse = res[1]
+    B, Sq, H, _ = q.shape
+    lse = lse.view(B, H, Sq) if lse.is_contiguous() else lse.reshape(B, H, Sq)
+    return res[0].transpose(1, 2), lse.float()
+
+
+def _plan(q, k, v, scale, kv_len, op):
+    key = (q.get_device(), q.shape, k.shape[1], q.dtype, op, _forced)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan, keep = _make_plan(q, k, v, scale, kv_len, op)
+        if keep:
+            _PLANS[key] = plan
+    return plan
+
+
+def _demote(q, k, op, error):
+    """cuDNN refused a shape its class chose it for: this shape runs Triton from now on."""
+    log.warning("ringsp: cuDNN attention failed for %s (%s); using the Triton kernel for this shape",
+                tuple(q.shape), str(error).splitlines()[0][:200])
+    key = (q.get_device(), q.shape, k.shape[1], q.dtype, op, _forced)
+    _PLANS[key] = ("triton", _PLANS.get(key, (None, None))[1])
+
+
+def _make_plan(q, k, v, scale, kv_len, op):
+    """(path, config) for this shape, and whether it may be kept (not during a capture)."""
+    forced = _validated(_forced)
+    B, Sq, H, D = q.shape
+    key = dispatch.class_key(device_name(q.get_device()), q.dtype, D, H, B, Sq, k.shape[1], op)
+    capturing = _capturing()
+    measure = None
+    if forced == "auto" and not capturing:  # no timing inside a CUDA graph capture
+        measure = functools.partial(_measure, q, k, v, scale, kv_len, op, key)
+    entry = dispatch.resolve(key, measure)
+    path = entry["path"] if forced == "auto" else forced
+    if not cudnn_ok(q):
+        path = "triton"
+    return (path, tuple(entry["config"])), not capturing
+
+
+def _cfg_name(cfg):
+    return "triton:" + ",".join(str(int(x)) for x in cfg)
+
+
+def _measure(q, k, v, scale, kv_len, op, key):
+    """Times every Triton config and cuDNN(+merge) on this call's inputs, writing into
+    scratch buffers (the caller's state is not touched); returns the dispatch entry."""
+    has_state = op == "step"
+    B, Sq, H, _ = q.shape
+    out = torch.zeros(q.shape, dtype=torch.float32 if has_state else q.dtype, device=q.device)
+    lse = torch.full((B, H, Sq), float("-inf") if not has_state else 0.0, device=q.device)
+    fns = {}
+    for cfg in configs(capability(q.get_device())[0], q.shape[3]):
+        fns[_cfg_name(cfg)] = (cfg, functools.partial(launch, q, k, v, out, lse, scale, kv_len, has_state, cfg))
+    if cudnn_ok(q):
+        fns["cudnn"] = (None, functools.partial(_cudnn_run, q, k, v, scale, kv_len, out, lse, has_state))
+    samples = timing.compare({n: f for n, (_, f) in fns.items()})
+    ms = {n: timing.quartiles(s)[1] for n, s in samples.items()}
+    order = timing.ranked(samples)
+    tri = [n for n in order if n != "cudnn"]
+    config = list(fns[tri[0]][0]) if tri else dispatch.default_config(q.shape[3])
+    path = "cudnn" if order[0] == "cudnn" or not tri else "triton"
+    log.info("ringsp: %s -> %s %s (%s)", key, path, config, ", ".join(f"{n} {t:.4f} ms" for n, t in ms.items()))
+    return {"path": path, "config": config, "ms": ms}
+
+
+def _cudnn_run(q, k, v, scale, kv_len, out, lse, has_state):
+    o, l_blk = cudnn_attn(q, k, v, scale, kv_len)
+    if has_state:
+        launch_merge(out, lse, o, l_blk)
 
 
 def _unit_stride(t):
@@ -92,30 +166,44 @@ def _empty_result(q):
 
 
 def attn_fwd(q, k, v, scale=None, kv_len=None):
+    B, Sq, H, D = q.shape
     kv_len = k.shape[1] if kv_len is None else kv_len
-    scale = checks.default_scale(q, scale)
-    if kv_len == 0 or q.shape[1] == 0:
+    if kv_len == 0 or Sq == 0 or B == 0 or H == 0:
         return _empty_result(q)
-    B, Sq, H, _ = q.shape
+    scale = D ** -0.5 if scale is None else float(scale)
+    config = None
+    if q.is_cuda:
+        path, config = _plan(q, k, v, scale, kv_len, "fwd")
+        if path == "cudnn":
+            try:
+                out, lse = cudnn_attn(q, k, v, scale, kv_len)
+                return (out if out.is_contiguous() else out.contiguous()), lse
+            except RuntimeError as e:
+                _demote(q, k, "fwd", e)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    if _choose(q, k, v, scale, kv_len, out, lse, has_state=False) == "cudnn":
-        _cudnn_into(q, k, v, scale, kv_len, out, lse, has_state=False)
-    else:
-        launch(q, k, v, out, lse, scale, kv_len, has_state=False)
+    launch(q, k, v, out, lse, scale, kv_len, False, config)
     return out, lse
 
 
 def attn_step_(q, k, v, acc, lse, scale=None, kv_len=None):
     kv_len = k.shape[1] if kv_len is None else kv_len
-    if kv_len == 0 or q.shape[1] == 0:  # an empty block leaves the state as it is
+    B, Sq, H, D = q.shape
+    if kv_len == 0 or Sq == 0 or B == 0 or H == 0:  # an empty block leaves the state as it is
         return
-    scale = checks.default_scale(q, scale)
+    scale = D ** -0.5 if scale is None else float(scale)
     work, back = _unit_stride(acc)
-    if _choose(q, k, v, scale, kv_len, work, lse, has_state=True) == "cudnn":
-        _cudnn_into(q, k, v, scale, kv_len, work, lse, has_state=True)
-    else:
-        launch(q, k, v, work, lse, scale, kv_len, has_state=True)
+    path, config = _plan(q, k, v, scale, kv_len, "step") if q.is_cuda else ("triton", None)
+    if path == "cudnn":
+        try:
+            out, lse_blk = cudnn_attn(q, k, v, scale, kv_len)
+        except RuntimeError as e:
+            _demote(q, k, "step", e)
+            path = "triton"
+        else:
+            launch_merge(work, lse, out, lse_blk)
+    if path != "cudnn":
+        launch(q, k, v, work, lse, scale, kv_len, True, config)
     if back is not None:
         back.copy_(work)
 

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .fast_launch import CachedKernel
+
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -51,11 +53,10 @@ def _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
     return k_tile, v_tile
 
 
-@triton.jit(do_not_specialize=["kv_len", "Sq", "Sk", "kv_rows", "SQ_BUCKET", "SK_BUCKET"])
+@triton.jit(do_not_specialize=["kv_len", "Sq", "Sk", "kv_rows"])
 def ring_attn_kernel(
     Q, K, V, Acc, Lse,
     qk_scale, kv_len, Sq, Sk, kv_rows, H,
-    SQ_BUCKET, SK_BUCKET,  # unused by the body: autotuning keys (one tuning per size class)
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -122,43 +123,51 @@ def ring_attn_kernel(
     tl.store(acc_ptrs, acc.to(Acc.dtype.element_ty), mask=tile_mask)
 
 
-def _configs():
-    """Candidates from the H100 sweep in bench/RESULTS.md. Warp specialisation is a
-    Hopper-and-newer feature, so those entries are only offered there."""
-    hopper = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
-    table = [  # BLOCK_M, BLOCK_N, warps, stages, warp specialisation
-        (128, 128, 8, 3, True), (128, 128, 4, 3, True), (128, 128, 8, 3, False),
-        (128, 64, 8, 3, False), (128, 64, 4, 3, False), (64, 128, 4, 3, False),
-    ]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "WARP_SPEC": ws}, num_warps=w, num_stages=s)
-        for bm, bn, w, s, ws in table if hopper or not ws
-    ]
+# --- launching -------------------------------------------------------------------------
+
+INTERPRET_CONFIG = (16, 16, 4, 1, False)  # the interpreter's cost grows with the tile size
 
 
-def bucket(n):  # autotune once per power-of-two size class, not per exact length
-    return 1 << max(int(n) - 1, 0).bit_length()
+def configs(major, head_dim=128):
+    """The Triton configs the tuner tries on a GPU of compute capability `major`:
+    (BLOCK_M, BLOCK_N, warps, stages, warp specialisation), the leaders of the H100 sweep
+    in bench/RESULTS.md per head dim (few: each costs a compile on a fresh machine), plus
+    64-row tiles, which fill the SMs on the short blocks of small images. Warp
+    specialisation is a Hopper-and-newer feature."""
+    if major >= 9:
+        if head_dim <= 64:
+            return [(128, 128, 4, 3, True), (128, 64, 8, 3, True), (128, 128, 8, 3, False), (64, 128, 4, 3, False)]
+        return [(128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 64, 8, 3, True), (64, 128, 4, 3, False)]
+    return [(128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 64, 4, 3, False), (64, 128, 4, 3, False)]
 
 
-_tuned_kernel = None
+_KERNEL = CachedKernel(ring_attn_kernel)
+_CAPABILITY = {}  # device index -> (major, minor): read once, not per call
+_DESC = {}  # launch key -> whether that kernel reads K/V through tensor descriptors
+_SCRATCH = {}  # (device, stream) -> int8 buffer for the kernel's in-kernel TMA descriptors
+_get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 
 
-def _tuned():
-    # built on first use: the config list reads the device, and doing that at import would
-    # initialise CUDA in a parent process that may still fork workers
-    global _tuned_kernel
-    if _tuned_kernel is None:
-        _tuned_kernel = triton.autotune(
-            configs=_configs(),
-            key=["HEAD_DIM", "HAS_STATE", "USE_DESC", "DOT_PRECISION", "SQ_BUCKET", "SK_BUCKET", "H"],
-            restore_value=["Acc", "Lse"],  # autotuning reruns an in-place kernel: keep the state
-        )(ring_attn_kernel)
-    return _tuned_kernel
+def capability(device_index):
+    cap = _CAPABILITY.get(device_index)
+    if cap is None:
+        cap = _CAPABILITY[device_index] = torch.cuda.get_device_capability(device_index)
+    return cap
 
 
-def _set_allocator(device):
-    # tensor descriptors built inside the kernel need a small global scratch buffer
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
+def _scratch(size, align, stream):
+    """Triton's allocator for the descriptors a launch builds in global memory. Launches on
+    one stream run in order, so one buffer per stream serves them all without a per-call
+    allocation; inside a CUDA graph capture a fresh one is taken (graphs may replay on
+    other streams)."""
+    if _capturing():
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+    key = (_get_device(), stream)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < size:
+        buf = _SCRATCH[key] = torch.empty(max(size, 1 << 16), dtype=torch.int8, device="cuda")
+    return buf
 
 
 def desc_layout_ok(k, v):
@@ -176,34 +185,65 @@ def desc_layout_ok(k, v):
 
 def _can_use_desc(k, v):
     """TMA on Hopper and newer, for half-precision inputs with a descriptor-friendly layout."""
-    if INTERPRET or not torch.cuda.is_available() or torch.cuda.get_device_capability(k.device)[0] < 9:
+    if INTERPRET or k.device.type != "cuda" or capability(k.device.index)[0] < 9:
         return False
     return k.dtype != torch.float32 and desc_layout_ok(k, v)
 
 
-def launch(q, k, v, acc, lse, scale, kv_len, has_state, block=None, use_desc=None, warp_spec=False):
+def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None, use_desc=None, block=None, warp_spec=False):
     """Runs the kernel. `acc` (unit stride in D) is the float32 state when has_state, else
-    the output in q's dtype. `block` = (BLOCK_M, BLOCK_N, warps, stages) skips autotuning;
-    `use_desc` forces TMA loads on or off (benchmarks), None picks by alignment."""
+    the output in q's dtype. `config` = (BLOCK_M, BLOCK_N, warps, stages, warp_spec)
+    (`block` = the first four and `warp_spec`, for benchmarks); None takes the portable
+    default. `use_desc` forces TMA loads on or off (benchmarks), None picks by layout."""
     B, Sq, H, D = q.shape
-    Sk = k.shape[1]
     if Sq == 0 or B == 0 or H == 0:
         return
-    q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
-    use_desc = _can_use_desc(k, v) if use_desc is None else use_desc
-    if use_desc:
-        _set_allocator(k.device)
-    args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, bucket(Sq), bucket(Sk),
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), acc.stride(0), acc.stride(1), acc.stride(2),
-            lse.stride(0), lse.stride(1), lse.stride(2))
-    consts = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_STATE=has_state,
-                  USE_DESC=use_desc, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    if INTERPRET or block is not None:
-        bm, bn, nw, ns = block or (16, 16, 4, 1)
-        grid = (triton.cdiv(Sq, bm), B * H)
-        ring_attn_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns,
-                               WARP_SPEC=warp_spec, **consts)
+    if config is None:
+        config = (*block, warp_spec) if block is not None else INTERPRET_CONFIG if INTERPRET else _default(D)
+    sq, sk, sv = q.stride(), k.stride(), v.stride()
+    if sq[3] != 1 or sk[3] != 1 or sv[3] != 1:
+        q, k, v = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k, v))
+        sq, sk, sv = q.stride(), k.stride(), v.stride()
+    sa, sl = acc.stride(), lse.stride()
+    Sk = k.shape[1]
+    args = (q, k, v, acc, lse, scale * LOG2E, kv_len, Sq, Sk, B * Sk, H, sq[0], sq[1], sq[2], sk[0], sk[1], sk[2],
+            sv[0], sv[1], sv[2], sa[0], sa[1], sa[2], sl[0], sl[1], sl[2])
+    grid = (-(-Sq // config[0]), B * H, 1)  # ceil; triton.cdiv is a jit function in Triton 3.9 (~9 us)
+    if INTERPRET:
+        use_desc = _can_use_desc(k, v) if use_desc is None else use_desc
+        c, o = _constexprs(q, D, has_state, use_desc, config)
+        ring_attn_kernel[grid](*args, **c, **o)
         return
-    grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _tuned()[grid](*args, **consts)
+    dev = q.get_device()
+    if dev != _get_device():  # Triton launches on the current device
+        if dev < 0:
+            raise ValueError(f"launch needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
+        with torch.cuda.device(dev):
+            return launch(q, k, v, acc, lse, scale, kv_len, has_state, config, use_desc)
+    p = (q.data_ptr(), k.data_ptr(), v.data_ptr(), acc.data_ptr(), lse.data_ptr())
+    align = (p[0] | p[1] | p[2] | p[3] | p[4]) & 15
+    if align:  # Triton specialises each pointer on 16-byte alignment
+        align = tuple(x % 16 == 0 for x in p)
+    key = (dev, q.dtype, acc.dtype, has_state, config, use_desc, B, Sk, H, D, sq, sk, sv, sa, sl, align)
+    desc = _DESC.get(key)
+    if desc is None:
+        if len(_DESC) >= _KERNEL.max_entries:
+            _DESC.clear()
+        desc = _DESC[key] = _can_use_desc(k, v) if use_desc is None else use_desc
+    if desc:
+        triton.set_allocator(_scratch)
+    _KERNEL.launch(key, grid, args, lambda: _constexprs(q, D, has_state, desc, config))
+
+
+def _default(D):
+    from .dispatch import default_config
+
+    return tuple(default_config(D))
+
+
+def _constexprs(q, D, has_state, use_desc, config):
+    bm, bn, warps, stages, ws = config
+    consts = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm, BLOCK_N=bn,
+                  HAS_STATE=has_state, USE_DESC=use_desc,
+                  DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WARP_SPEC=ws)
+    return consts, dict(num_warps=warps, num_stages=stages)

@@ -1,8 +1,11 @@
 """Triton kernel that merges a partial attention result (out_blk, lse_blk) into the
 running state (acc, lse) in one pass: for paths that cannot fuse the merge into the
 attention itself (a vendor kernel that returns out + LSE)."""
+import torch
 import triton
 import triton.language as tl
+
+from .fast_launch import INTERPRET, CachedKernel
 
 
 @triton.jit
@@ -41,20 +44,33 @@ def merge_kernel(
     tl.store(Lse + b * stride_lb + h * stride_lh + s * stride_ls, new_lse, mask=r_ok)
 
 
+_KERNEL = CachedKernel(merge_kernel)
+_get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+
+
 def launch_merge(acc, lse, out_blk, lse_blk):
     B, S, H, D = acc.shape
     rows = B * S * H
     if rows == 0:
         return
     out_blk = out_blk if out_blk.stride(3) == 1 else out_blk.contiguous()
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, 1 << (D - 1).bit_length())
     block_r = max(1, min(64, 4096 // block_d))
-    merge_kernel[(triton.cdiv(rows, block_r),)](
-        acc, lse, out_blk, lse_blk, rows, S, H,
-        acc.stride(0), acc.stride(1), acc.stride(2),
-        out_blk.stride(0), out_blk.stride(1), out_blk.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        lse_blk.stride(0), lse_blk.stride(1), lse_blk.stride(2),
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_R=block_r,
-    )
-
+    sa, so, sl, sk = acc.stride(), out_blk.stride(), lse.stride(), lse_blk.stride()
+    args = (acc, lse, out_blk, lse_blk, rows, S, H, sa[0], sa[1], sa[2], so[0], so[1], so[2],
+            sl[0], sl[1], sl[2], sk[0], sk[1], sk[2])
+    grid = (-(-rows // block_r), 1, 1)  # ceil, without triton.cdiv (a jit function in Triton 3.9)
+    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK_R=block_r)
+    if INTERPRET:
+        merge_kernel[grid](*args, **consts)
+        return
+    dev = acc.get_device()
+    if dev != _get_device():  # Triton launches on the current device
+        with torch.cuda.device(dev):
+            return launch_merge(acc, lse, out_blk, lse_blk)
+    p = (acc.data_ptr(), lse.data_ptr(), out_blk.data_ptr(), lse_blk.data_ptr())
+    align = (p[0] | p[1] | p[2] | p[3]) & 15
+    if align:  # Triton specialises each pointer on 16-byte alignment
+        align = tuple(x % 16 == 0 for x in p)
+    key = (dev, out_blk.dtype, B, S, H, D, sa, so, sl, sk, align)
+    _KERNEL.launch(key, grid, args, lambda: (consts, {}))

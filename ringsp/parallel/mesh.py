@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ringsp_kernels import dispatch
+
 from .agreement import agree
 from .config import ParallelConfig
 from .comm import ring_exchange
@@ -110,8 +112,20 @@ def init_parallel(config, group=None, timeout=None):
         ring_group=mine["ring"][0], ring_rank=mine["ring"][1],
         cfg_group=mine["cfg"][0], cfg_rank=mine["cfg"][1],
     )
+    _share_kernel_choices(group, world)
     _warm_up(ctx)
     return ctx
+
+
+def _share_kernel_choices(group, world):
+    """Every rank runs with rank 0's table of kernel choices (path and Triton config per
+    shape class): a choice timed on each rank alone could differ, and then so would the
+    replicated text outputs, which every rank computes itself."""
+    if world == 1:
+        return
+    box = [dispatch.snapshot() if dist.get_rank(group) == 0 else None]
+    dist.broadcast_object_list(box, group=group, group_src=0)
+    dispatch.install(box[0])
 
 
 def _warm_up(ctx):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from ringsp.parallel import ParallelConfig
+from ringsp.parallel import ParallelConfig, init_parallel
 from ringsp.parallel.mesh import _to_timedelta, mesh_ranks
 from tests.mp_pool import run_distributed
 
@@ -88,3 +88,25 @@ def test_configs_seen_before_still_fail_when_mixed():
     before must still be caught when ranks pass different ones."""
     messages = run_distributed(2, _init_each_then_mixed, [ParallelConfig(2, 1), ParallelConfig(1, 2)])
     assert all("ulysses_degree: rank 0 has 2, rank 1 has 1" in m for m in messages), messages
+
+
+def _kernel_choices_after_init(world):
+    """Ranks start with different local kernel choices; after init_parallel every rank runs
+    with rank 0's table."""
+    from ringsp_kernels import dispatch
+
+    rank = dist.get_rank()
+    key = dispatch.class_key("NVIDIA H200", torch.bfloat16, 128, 24, 1, 2048, 2048, "step")
+    dispatch.reset()
+    dispatch.install({"format": dispatch.FORMAT, "entries": {
+        key: {"path": "cudnn" if rank == 0 else "triton", "config": dispatch.default_config(128)}}})
+    init_parallel(ParallelConfig(ulysses_degree=world))
+    choice = dispatch.lookup(key)["path"]
+    fp = dispatch.fingerprint()
+    dispatch.reset()
+    return choice, fp
+
+
+def test_init_parallel_gives_every_rank_rank0s_kernel_choices():
+    results = run_distributed(3, _kernel_choices_after_init, 3)
+    assert {choice for choice, _ in results} == {"cudnn"} and len({fp for _, fp in results}) == 1
