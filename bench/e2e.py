@@ -14,6 +14,8 @@ and the speedup over the first config; per-step mean/median and each rank's peak
 are in the reports. --json writes the reports (each as `ringsp generate --json` writes
 them: measured parts plus aggregates computed from them) with device, versions, date and
 command. bench/gen_baselines.py turns that file into bench/baselines/*.json.
+--compile [regional|full] and --cuda-graphs are passed to every run (each report then
+holds its compile warm-up, which is outside the stage times).
 
 Without CUDA (and without --device cpu) it prints why and exits 0, writing a JSON that says so.
 """
@@ -50,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--dtype", default=None, help="passed to ringsp generate (default: its own)")
     p.add_argument("--no-parallel-vae", action="store_true")
+    p.add_argument("--compile", nargs="?", const="regional", choices=("regional", "full"), default=None,
+                   help="passed to ringsp generate: torch.compile the transformer(s); its warm-up is reported apart")
+    p.add_argument("--cuda-graphs", action="store_true", help="passed to ringsp generate (CUDA only)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per config")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -84,6 +89,10 @@ def generate_argv(args, config, report_path):
         argv += ["--dtype", args.dtype]
     if args.no_parallel_vae:
         argv.append("--no-parallel-vae")
+    if args.compile:
+        argv += ["--compile", args.compile]
+    if args.cuda_graphs:
+        argv.append("--cuda-graphs")
     return argv
 
 
@@ -133,6 +142,10 @@ def main(argv=None):
             peak = mem["peak_reserved_gib"] if mem["peak_reserved_gib"] is not None else mem["peak_rss_gib"]
             print(f"  {config_label(rep['parallel'])}: denoise step mean {rep['denoise']['mean_s']:.4f} s, median "
                   f"{rep['denoise']['median_s']:.4f} s; peak memory (max over ranks) {peak:.2f} GiB")
+            if "compile" in rep:
+                c = rep["compile"]
+                print(f"    compile warm-up ({c['mode']}{' + CUDA graphs' if c['cuda_graphs'] else ''}, "
+                      f"{c['warmup_steps']} steps): {c['warmup_s']:.2f} s")
     for r in results:
         if "stages_s" not in r:
             print(f"  {r['config']}: {r.get('skipped') or r.get('failed')}")

@@ -26,6 +26,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wan_forward as wf  # noqa: E402 - builds a model with random weights in place on the device
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,8 +54,7 @@ def build(args, device, dtype):
     from ringsp.models import configs
 
     cfg = dict(configs.transformer_config(args.model), num_layers=args.layers)
-    torch.manual_seed(0)
-    model = QwenImageTransformer2DModel.from_config(cfg).to(device, dtype).eval()
+    model = wf.build_model(QwenImageTransformer2DModel, cfg, dtype, device, seed=0)  # built on the device
     gen = torch.Generator().manual_seed(1)
     S = args.grid[0] * args.grid[1]
     mask = (torch.arange(args.text_len) < args.text_valid).long()[None].to(device)

@@ -21,6 +21,8 @@ Shapes: 1328x1328 (latent 166x166, 83x83 = 6889 image tokens; no world size divi
 forwards of the slowest rank, speedup over diffusers-1gpu, max abs error against its output
 (relative to its max abs value), peak memory of the busiest rank.
 
+--compile / --cuda-graphs / --skip-eager as in wan_forward (the same helpers).
+
 Without CUDA it prints why and exits 0 (writing a JSON that says so). `--device cpu` with a
 tiny model (e.g. `--model tiny-qwen --grid 5,7 --text-len 8 --text-valid 5`) runs the whole
 script on gloo, which checks the script, not the speed.
@@ -28,7 +30,6 @@ script on gloo, which checks the script, not the speed.
 import argparse
 import datetime
 import os
-import statistics
 import sys
 
 import torch
@@ -135,21 +136,8 @@ def finish_row(row, shape_name, grid, seq_len, base_ms):
 
 def run_shape(model, cfg, shape_name, grid, args, device, dtype):
     inputs, seq_len = make_inputs(cfg, grid, args, dtype, device)
-    rows, ref, base_ms = [], None, None
-    if not args.skip_single:
-        row, ref = wf.run_single(model, inputs, args, device)
-        holder = [row]
-        dist.broadcast_object_list(holder, src=0)  # every rank learns the baseline time
-        row = holder[0]
-        base_ms = statistics.median(row["times_ms"]) if "times_ms" in row else None
-        rows.append(finish_row(row, shape_name, grid, seq_len, base_ms))
-    for split in wf.selected_splits(args):
-        rows.append(finish_row(wf.run_ringsp(model, inputs, split, device, args, ref),
-                               shape_name, grid, seq_len, base_ms))
-        if not args.skip_diffusers_cp and split != (1, 1):  # diffusers refuses u = r = 1
-            rows.append(finish_row(wf.run_diffusers_cp(model, inputs, split, device, args, ref),
-                                   shape_name, grid, seq_len, base_ms))
-    return rows
+    return wf.run_rows(model, inputs, args, device, lambda row, base_ms: finish_row(row, shape_name, grid, seq_len,
+                                                                                   base_ms))
 
 
 def main(argv=None):
@@ -186,7 +174,8 @@ def main(argv=None):
                 wf.write_json(args.json, {**base, "world_size": dist.get_world_size(),
                                           "device": wf.device_info(device), "versions": wf.versions(),
                                           "config": cfg, "attention_backend": backend, "iters": args.iters,
-                                          "warmup": args.warmup, "text_len": args.text_len,
+                                          "warmup": args.warmup, "compile": args.compile,
+                                          "cuda_graphs": args.cuda_graphs, "text_len": args.text_len,
                                           "text_valid": args.text_valid, "results": rows})
     finally:
         dist.destroy_process_group()

@@ -18,6 +18,13 @@ the slowest rank's; the table shows the median, the speedup over diffusers-1gpu,
 abs error against diffusers-1gpu's output (relative to its max abs value) and the peak
 memory of the busiest rank. --json writes all of it with device, versions, date, command.
 
+--compile [regional|full] times every row compiled too (ringsp and both diffusers columns
+compiled the same way, by ringsp.models.compile_transformer: regional = diffusers'
+compile_repeated_blocks(fullgraph=True); static shapes); --cuda-graphs adds rows with piecewise
+CUDA graphs (ringsp.models.compile: the SP attention outside the graphs); --skip-eager drops
+the eager rows. A compiled row has compile_s (the first forward(s), which compile and record,
+untimed otherwise) and speedup_vs_eager (over the eager row of the same impl and split).
+
 Without CUDA it prints why and exits 0 (writing a JSON that says so). `--device cpu` with
 a tiny model (e.g. `--model tiny-t2v --latent 3,6,10 --text-len 8`) runs the whole script
 on gloo, which checks the script, not the speed.
@@ -61,6 +68,12 @@ def add_run_args(p):
     p.add_argument("--splits", default=None, help="comma list of UxR to run (default: every u*r = world)")
     p.add_argument("--skip-single", action="store_true", help="skip the diffusers-1gpu baseline")
     p.add_argument("--skip-diffusers-cp", action="store_true")
+    p.add_argument("--compile", nargs="?", const="regional", choices=("regional", "full"), default=None,
+                   help="also time every row compiled (regional: compile_repeated_blocks, the default MODE)")
+    p.add_argument("--cuda-graphs", action="store_true", help="also time rows with piecewise CUDA graphs")
+    p.add_argument("--skip-eager", action="store_true", help="time the compiled rows only")
+    p.add_argument("--attention-precision", default=None, choices=["fp8", "int8"],
+                   help="ringsp rows: 8-bit SP attention inside (the diffusers rows stay in --dtype)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
 
@@ -68,7 +81,25 @@ def add_run_args(p):
 def check_run_args(p, args):
     if args.iters < 1 or args.warmup < 0 or args.text_len < 1:
         p.error("--iters must be >= 1, --warmup >= 0, --text-len >= 1")
+    if args.skip_eager and not (args.compile or args.cuda_graphs):
+        p.error("--skip-eager leaves nothing to time without --compile or --cuda-graphs")
+    if args.cuda_graphs and args.device != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
     return args
+
+
+EAGER = (None, False)
+
+
+def variants(args):
+    """(compile mode or None, CUDA graphs) of every row kind to time, eager first."""
+    mode = args.compile or "regional"
+    out = [] if args.skip_eager else [EAGER]
+    if args.compile:
+        out.append((mode, False))
+    if args.cuda_graphs:
+        out.append((mode, True))
+    return out
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -206,6 +237,46 @@ def time_forward(model, inputs, iters, warmup, device, collective=True):
     return slowest.tolist(), out, float(peak.item())
 
 
+def first_forwards(model, inputs, count, device, collective):
+    """Seconds of the first `count` forwards of a freshly compiled model (compiling, and for
+    CUDA graphs recording), the slowest rank's."""
+    if collective:
+        dist.barrier()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(count):
+            model(**inputs)
+    _sync(device)
+    seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
+    if collective:
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return float(seconds.item())
+
+
+def time_variant(model, inputs, args, device, variant, collective=True):
+    """time_forward of the model eager, or compiled as `variant` says (then compile_s too):
+    (times, out, peak, compile_s). The model is eager again afterwards."""
+    mode, cuda_graphs = variant
+    if mode is None:
+        return (*time_forward(model, inputs, args.iters, args.warmup, device, collective), None)
+    from ringsp.models import compile_transformer, uncompile_transformer
+    from ringsp.models.compile import CUDA_GRAPH_WARMUP_FORWARDS
+
+    torch._dynamo.reset()  # each variant compiles from scratch: compile_s is the whole cost
+    compile_transformer(model, mode, cuda_graphs, dynamic=False)
+    try:
+        compile_s = first_forwards(model, inputs, CUDA_GRAPH_WARMUP_FORWARDS if cuda_graphs else 1, device,
+                                   collective)
+        return (*time_forward(model, inputs, args.iters, args.warmup, device, collective), compile_s)
+    finally:
+        uncompile_transformer(model)
+
+
+def _with_variant(row, variant):
+    row.update(compile=variant[0], cuda_graphs=variant[1])
+    return row
+
+
 def rel_error(out, ref):
     if ref is None or out is None:
         return None
@@ -219,45 +290,45 @@ def factor_pairs(world):
     return [(u, world // u) for u in range(world, 0, -1) if world % u == 0]
 
 
-def run_single(model, inputs, args, device):
+def run_single(model, inputs, args, device, variant=EAGER):
     """diffusers' plain forward on rank 0 only; the other ranks wait."""
     row = {"impl": "diffusers-1gpu", "ulysses": 1, "ring": 1}
     ref = None
     if dist.get_rank() == 0:
         try:
-            times, ref, peak = time_forward(model, inputs, args.iters, args.warmup, device, collective=False)
-            row.update(times_ms=times, peak_mem_gib=peak)
+            times, ref, peak, compile_s = time_variant(model, inputs, args, device, variant, collective=False)
+            row.update(times_ms=times, peak_mem_gib=peak, compile_s=compile_s)
         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
             row["error"] = f"{type(exc).__name__}: {exc}"
     dist.barrier()
-    return row, ref
+    return _with_variant(row, variant), ref
 
 
 _contexts = {}
 
 
-def run_ringsp(model, inputs, split, device, args, ref):
+def run_ringsp(model, inputs, split, device, args, ref, variant=EAGER):
     import ringsp
     from ringsp.parallel import ParallelConfig, init_parallel
 
     u, r = split
-    row = {"impl": "ringsp", "ulysses": u, "ring": r}
+    row = {"impl": "ringsp", "ulysses": u, "ring": r, "attention_precision": args.attention_precision}
     try:
         if split not in _contexts:  # one set of process groups per split, reused across shapes
             _contexts[split] = init_parallel(ParallelConfig(ulysses_degree=u, ring_degree=r))
         ctx = _contexts[split]
-        ringsp.enable_sequence_parallel(model, ctx)
+        ringsp.enable_sequence_parallel(model, ctx, attention_precision=args.attention_precision)
         try:
-            times, out, peak = time_forward(model, inputs, args.iters, args.warmup, device)
+            times, out, peak, compile_s = time_variant(model, inputs, args, device, variant)
         finally:
             ringsp.disable_sequence_parallel(model)
-        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref))
+        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref), compile_s=compile_s)
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {exc}"
-    return row
+    return _with_variant(row, variant)
 
 
-def run_diffusers_cp(model, inputs, split, device, args, ref):
+def run_diffusers_cp(model, inputs, split, device, args, ref, variant=EAGER):
     u, r = split
     row = {"impl": "diffusers-cp", "ulysses": u, "ring": r}
     clone = None
@@ -268,15 +339,15 @@ def run_diffusers_cp(model, inputs, split, device, args, ref):
             raise RuntimeError("diffusers' context parallel needs an accelerator")
         clone = shallow_clone(model)
         clone.enable_parallelism(config=ContextParallelConfig(ring_degree=r, ulysses_degree=u))
-        times, out, peak = time_forward(clone, inputs, args.iters, args.warmup, device)
-        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref))
+        times, out, peak, compile_s = time_variant(clone, inputs, args, device, variant)
+        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref), compile_s=compile_s)
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {exc}"
     del clone
     gc.collect()  # diffusers' hooks keep the clone in reference cycles
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return row
+    return _with_variant(row, variant)
 
 
 def finish_row(row, shape_name, latent, seq_len, base_ms):
@@ -290,20 +361,37 @@ def finish_row(row, shape_name, latent, seq_len, base_ms):
 
 def run_shape(model, cfg, shape_name, latent, args, device, dtype, expand):
     inputs, seq_len = make_inputs(cfg, latent, args.text_len, expand, dtype, device, args.seed)
+    return run_rows(model, inputs, args, device, lambda row, base_ms: finish_row(row, shape_name, latent, seq_len,
+                                                                                base_ms))
+
+
+def run_rows(model, inputs, args, device, finish):
+    """Every row of one shape: per variant (eager first), diffusers-1gpu, then ringsp and
+    diffusers-cp per split. finish(row, base_ms) adds the shape's fields."""
     rows, ref, base_ms = [], None, None
-    if not args.skip_single:
-        row, ref = run_single(model, inputs, args, device)
-        holder = [row]
-        dist.broadcast_object_list(holder, src=0)  # every rank learns the baseline time
-        row = holder[0]
-        base_ms = statistics.median(row["times_ms"]) if "times_ms" in row else None
-        rows.append(finish_row(row, shape_name, latent, seq_len, base_ms))
-    for split in selected_splits(args):
-        rows.append(finish_row(run_ringsp(model, inputs, split, device, args, ref),
-                               shape_name, latent, seq_len, base_ms))
-        if not args.skip_diffusers_cp and split != (1, 1):  # diffusers refuses u = r = 1
-            rows.append(finish_row(run_diffusers_cp(model, inputs, split, device, args, ref),
-                                   shape_name, latent, seq_len, base_ms))
+    for variant in variants(args):
+        if not args.skip_single:
+            row, out = run_single(model, inputs, args, device, variant)
+            holder = [row]
+            dist.broadcast_object_list(holder, src=0)  # every rank learns the baseline time
+            row = holder[0]
+            if variant == EAGER:  # the baseline: diffusers eager on one GPU
+                ref, base_ms = out, (statistics.median(row["times_ms"]) if "times_ms" in row else None)
+            rows.append(finish(row, base_ms))
+        for split in selected_splits(args):
+            rows.append(finish(run_ringsp(model, inputs, split, device, args, ref, variant), base_ms))
+            if not args.skip_diffusers_cp and split != (1, 1):  # diffusers refuses u = r = 1
+                rows.append(finish(run_diffusers_cp(model, inputs, split, device, args, ref, variant), base_ms))
+    return add_compile_speedups(rows)
+
+
+def add_compile_speedups(rows):
+    """speedup_vs_eager on each compiled row: the eager median of its impl and split over its own."""
+    eager = {(r["impl"], r["ulysses"], r["ring"]): r.get("median_ms") for r in rows if r.get("compile") is None}
+    for row in rows:
+        base = eager.get((row["impl"], row["ulysses"], row["ring"]))
+        if row.get("compile") is not None and base and row.get("median_ms"):
+            row["speedup_vs_eager"] = base / row["median_ms"]
     return rows
 
 
@@ -352,20 +440,29 @@ def device_info(device):
             "count": torch.cuda.device_count()}
 
 
+def variant_label(row):
+    if row.get("compile") is None:
+        return "eager"
+    return row["compile"] + ("+graphs" if row.get("cuda_graphs") else "")
+
+
 def print_table(rows):
-    head = f"{'shape':>10} {'S':>6} {'impl':>15} {'u':>2} {'r':>2} {'median ms':>10} {'speedup':>8} " \
-           f"{'rel err':>9} {'peak GiB':>8}"
+    head = f"{'shape':>10} {'S':>6} {'impl':>15} {'u':>2} {'r':>2} {'compile':>15} {'median ms':>10} " \
+           f"{'speedup':>8} {'vs eager':>8} {'rel err':>9} {'peak GiB':>8} {'compile s':>9}"
     print(head)
     print("-" * len(head))
     for row in rows:
+        lead = f"{row['shape']:>10} {row['seq_len']:>6} {row['impl']:>15} {row['ulysses']:>2} {row['ring']:>2} " \
+               f"{variant_label(row):>15}"
         if "error" in row:
-            print(f"{row['shape']:>10} {row['seq_len']:>6} {row['impl']:>15} {row['ulysses']:>2} {row['ring']:>2}"
-                  f"  ERROR {row['error'][:80]}")
+            print(f"{lead}  ERROR {row['error'][:80]}")
             continue
         speed = f"{row['speedup_vs_1gpu']:.2f}x" if row.get("speedup_vs_1gpu") else "-"
+        vs_eager = f"{row['speedup_vs_eager']:.2f}x" if row.get("speedup_vs_eager") else "-"
         err = f"{row['max_rel_err']:.1e}" if row.get("max_rel_err") is not None else "-"
-        print(f"{row['shape']:>10} {row['seq_len']:>6} {row['impl']:>15} {row['ulysses']:>2} {row['ring']:>2} "
-              f"{row['median_ms']:>10.1f} {speed:>8} {err:>9} {row['peak_mem_gib']:>8.2f}")
+        compile_s = f"{row['compile_s']:.1f}" if row.get("compile_s") is not None else "-"
+        print(f"{lead} {row['median_ms']:>10.1f} {speed:>8} {vs_eager:>8} {err:>9} {row['peak_mem_gib']:>8.2f} "
+              f"{compile_s:>9}")
 
 
 def write_json(path, payload):
@@ -410,8 +507,9 @@ def main(argv=None):
             if args.json:
                 write_json(args.json, {**base, "world_size": dist.get_world_size(), "device": device_info(device),
                                        "versions": versions(), "config": cfg, "attention_backend": backend,
-                                       "iters": args.iters,
-                                       "warmup": args.warmup, "text_len": args.text_len, "results": rows})
+                                       "iters": args.iters, "warmup": args.warmup, "compile": args.compile,
+                                       "cuda_graphs": args.cuda_graphs, "text_len": args.text_len,
+                                       "results": rows})
     finally:
         dist.destroy_process_group()
     return 0

@@ -11,6 +11,6 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
-timeout 240 python3 -m pytest tests/parallel/test_usp_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -25 | tee "$out/parallel_gpu_tests.txt"
+timeout 240 python3 -m pytest tests/parallel/test_usp_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -25 | tee "$out/parallel.txt"
 timeout 150 python3 bench/host_time.py --device cuda --iters 10 --warmup 3 --json "$out/host_time_cuda.json" 2>&1 \
-  | grep -v "kept in float32" | tail -8 | tee "$out/host_time_cuda.txt"
+  | grep -v "kept in float32" | tail -8 | tee -a "$out/parallel.txt"

@@ -92,6 +92,17 @@ def build_parser():
     run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
     run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                      help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
+    run.add_argument("--compile", nargs="?", const="regional", choices=("regional", "full"), metavar="MODE",
+                     help="torch.compile the transformer(s): regional (the default MODE: each repeated block, as "
+                     "diffusers' compile_repeated_blocks) or full (the whole forward); an untimed warm-up "
+                     "generation compiles first")
+    run.add_argument("--attention-precision", choices=("bf16", "native", "fp8", "int8"), default="bf16",
+                     help="the SP self-attention: bf16 / native = the run's dtype (default); fp8 or int8 = 8-bit "
+                     "attention inside (CUDA GPUs with compute capability >= 8.9 / 8.0; measured speed and "
+                     "accuracy in bench/RESULTS.md)")
+    run.add_argument("--cuda-graphs", action="store_true",
+                     help="CUDA graphs of each transformer block with the SP attention left outside them "
+                     "(piecewise; through torch.compile, so it implies --compile); CUDA only")
     run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                      help="the process group's timeout: a collective that waits longer (a stuck or lost rank) ends "
                      "the run with an error instead of a hang (default: %(default)g)")
@@ -128,6 +139,7 @@ def parse_request(argv, env=None):
         parallel_vae=not args.no_parallel_vae, vae_min_parallel_pixels=args.vae_min_parallel_pixels,
         device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
         compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo, timeout_s=_timeout(args),
+        **_compile_options(args, device),
         under_torchrun=world is not None, media="image" if info.makes_images else "video",
     )
 
@@ -328,6 +340,18 @@ def _timeout(args):
     return args.timeout
 
 
+def _compile_options(args, device):
+    if args.cuda_graphs and device != "cuda":
+        raise UsageError(f"--cuda-graphs needs --device cuda: CUDA graphs capture CUDA work (on {device}, "
+                         "use --compile alone)")
+    if args.attention_precision in ("fp8", "int8") and device != "cuda":
+        raise UsageError(f"--attention-precision {args.attention_precision} needs --device cuda (8-bit attention "
+                         f"has no {device} kernel)")
+    return {"compile_mode": args.compile or ("regional" if args.cuda_graphs else None),
+            "cuda_graphs": args.cuda_graphs,
+            "attention_precision": args.attention_precision if args.attention_precision in ("fp8", "int8") else None}
+
+
 def describe_request(req):
     """The request as an equivalent command line (for the demo's first line)."""
     parts = ["ringsp generate"]
@@ -336,6 +360,12 @@ def describe_request(req):
               "--ring-degree", str(req.ring_degree)]
     if req.cfg_degree == 2:
         parts.append("--cfg-parallel")
+    if req.compile_mode:
+        parts += ["--compile", req.compile_mode]
+    if req.cuda_graphs:
+        parts.append("--cuda-graphs")
+    if req.attention_precision:
+        parts += ["--attention-precision", req.attention_precision]
     if req.compare_single:
         parts.append("--compare-single")
     if req.vae_min_parallel_pixels is not None:

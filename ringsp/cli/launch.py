@@ -39,7 +39,7 @@ def execute(request, out=None):
     out = out or sys.stdout
     if request.under_torchrun:
         return _as_torchrun_rank(request, out)
-    if request.num_gpus == 1:
+    if request.num_gpus == 1 and not request.attention_precision:  # 8-bit attention runs in ringsp's SP op
         return finish(request, run_rank(request, distributed=False, keep_tensors=request.compare_single), out)
     return finish(request, _spawn(request), out)
 
@@ -140,7 +140,8 @@ def finish(request, outcome, out=None):
 def compare_with_single(request, outcome):
     """Runs the same generation in this one process and compares frames and latents."""
     single = dataclasses.replace(request, num_gpus=1, ulysses_degree=1, ring_degree=1, cfg_degree=1,
-                                 under_torchrun=False, compare_single=False, warmup_steps=0)
+                                 under_torchrun=False, compare_single=False, warmup_steps=0, compile_mode=None,
+                                 cuda_graphs=False, attention_precision=None)  # the reference: plain diffusers
     ref = run_rank(single, distributed=False, quiet=True, keep_tensors=True)
     tol = COMPARE_TOL[request.dtype]
     d_frames = (outcome.frames - ref.frames).abs().max().item()
@@ -162,6 +163,10 @@ def _print_report(report, request, out):
     what = "image" if r.get("media") == "image" else "video"
     print(f"(model loading {report['load_s']:.2f} s and writing the {what} {report['save_s']:.2f} s are outside "
           "the total)", file=out)
+    if "compile" in report:
+        c = report["compile"]
+        print(f"(compile warm-up: torch.compile {c['mode']}{' + CUDA graphs' if c['cuda_graphs'] else ''}, "
+              f"{c['warmup_steps']} untimed steps, {c['warmup_s']:.2f} s, also outside the total)", file=out)
     print("\nPeak memory per rank\n" + format_memory_table(report), file=out)
     if "sp_check" in report:
         c = report["sp_check"]

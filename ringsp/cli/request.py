@@ -37,6 +37,9 @@ class GenerateRequest:
     json_path: str | None = None
     compare_single: bool = False
     warmup_steps: int = 0
+    compile_mode: str | None = None  # torch.compile of the transformer(s): "regional", "full" or None
+    cuda_graphs: bool = False       # piecewise CUDA graphs (with compile_mode)
+    attention_precision: str | None = None  # None (the run's dtype), "fp8" or "int8"
     demo: bool = False
     under_torchrun: bool = False
     media: str = "video"            # what the model makes: "video" (Wan) or "image" (Qwen-Image)

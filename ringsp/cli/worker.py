@@ -73,10 +73,10 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     pipe, notes = load_pipeline_for(request, device)
     if distributed and request.model_path is None and device.type != "cpu":
         _broadcast_weights(pipe)
-    if ctx is not None and ctx.sp_degree > 1:
+    if ctx is not None and (ctx.sp_degree > 1 or request.attention_precision):
         from ringsp.models import enable_sequence_parallel
 
-        enable_sequence_parallel(pipe, ctx)
+        enable_sequence_parallel(pipe, ctx, attention_precision=request.attention_precision)
     sp_transformer = _sp_enabled(pipe)
     sync = make_sync(device, None, distributed)
     sync()

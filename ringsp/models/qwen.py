@@ -6,7 +6,7 @@ processor do the work, and `QwenSPAdapter.remove()` takes them all out again):
 
 - transformer pre-hook: checks the call (image tokens S from `hidden_states` [B, S, C] and
   `img_shapes`, text mask), makes every rank of the SP group agree on it, and turns the text
-  mask into `TextGroup`s (see `text_groups`). ControlNet residuals [B, S, D] are sharded.
+  mask into a `TextPlan` (see `text_plan`). ControlNet residuals [B, S, D] are sharded.
 - `img_in` pre-hook: the packed image tokens [B, S, C] become this rank's [B, S_local, C]
   (padded at the end of the sequence on the last ranks). For Edit, the reference-image tokens
   are part of that sequence and are sharded with it. Text stays whole on every rank.
@@ -15,14 +15,17 @@ processor do the work, and `QwenSPAdapter.remove()` takes them all out again):
 - `transformer_blocks[i]` pre-hook: `modulate_index` [B, S] (Edit-2511's `zero_cond_t`,
   per-token choice of modulation) is sharded with the tokens.
 - `transformer_blocks[i].attn`: a processor that keeps diffusers' projections, qk-norm and
-  rotary for both streams and calls `usp_attention` with the image shard as the sequence and
-  the text as replicated joint tokens. Every rank gets the same text output (joint_out), so
-  the text stream stays identical on every rank.
+  rotary for both streams and attends through the `ringsp::sp_joint_attention` op, with the
+  image shard as the sequence and the text as replicated joint tokens. Every rank gets the
+  same text output (joint_out), so the text stream stays identical on every rank.
 - `proj_out` hook: gathers [B, S_local, C_out] back to [B, S, C_out] (the narrowest tensor
   after the blocks; proj_out acts per token, so gathering its output equals gathering its input).
 
 All collectives run on the SP group of the context, so the adapter works inside one half of
-a CFG-parallel world.
+a CFG-parallel world. They are torch ops (ringsp.parallel.sp_op), the transformer-level hooks
+(checks, agreement, the host-side text plan) are kept out of Dynamo, and what the blocks read
+of the plan are tensors: `compile_repeated_blocks` and `torch.compile(transformer,
+fullgraph=True)` trace the rest without a graph break and recompile for no text mask.
 """
 import hashlib
 import math
@@ -30,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ringsp.parallel import gather_sequence, shard_sequence, usp_attention
+from ringsp.parallel import shard_sequence
 from ringsp.parallel.agreement import agree, describe
+from ringsp.parallel.sp_op import SPGroups, sp_attention, sp_gather
 
-from .sp_hooks import HookSet, call_arg, check_adapter_target, with_call_arg
+from .sp_hooks import HookSet, call_arg, check_adapter_target, check_precision_name, with_call_arg
 
 # Positions of QwenImageTransformer2DModel.forward's and QwenImageTransformerBlock.forward's
 # arguments (for calls that pass them positionally).
@@ -42,48 +46,41 @@ _BLOCK_ARG_MODULATE_INDEX = 6
 
 
 @dataclass
-class TextGroup:
-    """Batch rows that attend with the same number of valid text tokens.
+class TextPlan:
+    """How the text mask [B, T] enters the SP attention, prepared on the host once per mask.
 
-    rows: LongTensor of batch indices (None = the whole batch). order: [len(rows), T] token
-    order that puts the valid text tokens first (None = already a prefix); inverse undoes it.
-    valid: the number of valid text tokens (usp_attention's joint_len).
+    lens: CPU int64 [B], valid text tokens per row (None: no mask, all valid); rows with
+    different counts attend in separate passes inside the op. order: [B, T] token order that
+    puts each row's valid tokens first (None: every row is a prefix already); inverse undoes it.
     """
-    rows: torch.Tensor | None
+    lens: torch.Tensor | None
     order: torch.Tensor | None
     inverse: torch.Tensor | None
-    valid: int
 
     def to(self, device):
+        """order and inverse on `device`; lens stays on the host (the op reads it there)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TextGroup(move(self.rows), move(self.order), move(self.inverse), self.valid)
+        return TextPlan(self.lens, move(self.order), move(self.inverse))
 
 
-def text_groups(mask, batch, text_len):
-    """The text mask [B, T] (None = all valid) as a list of TextGroup.
+def text_plan(mask):
+    """The text mask [B, T] (None = all valid) as a TextPlan.
 
-    usp_attention masks text by a single valid-prefix length. Attention does not care about
-    the order of keys, nor (up to the same permutation) of queries, so a mask with holes is
-    made a prefix by moving the valid tokens to the front (and the output back afterwards),
-    and rows with different valid counts attend in separate calls. Masked text tokens still
-    act as queries (their outputs are computed as diffusers computes them); they are never keys.
+    The SP attention masks text by a valid-prefix length per row. Attention does not care
+    about the order of keys, nor (up to the same permutation) of queries, so a mask with
+    holes is made a prefix by moving the valid tokens to the front (and the output back
+    afterwards). Masked text tokens still act as queries (their outputs are computed as
+    diffusers computes them); they are never keys.
     """
     if mask is None:
-        return [TextGroup(None, None, None, text_len)]
+        return TextPlan(None, None, None)
     mask = mask.detach().to("cpu", torch.bool)
     counts = mask.sum(dim=1)
-    is_prefix = (mask == (torch.arange(text_len) < counts[:, None])).all(dim=1)
-    distinct = torch.unique(counts).tolist()
-    groups = []
-    for valid in distinct:
-        rows = torch.nonzero(counts == valid).flatten()
-        order = inverse = None
-        if not bool(is_prefix[rows].all()):
-            # Stable sort on "is padding": valid tokens first, each part in its original order.
-            order = torch.sort((~mask[rows]).to(torch.uint8), dim=1, stable=True).indices
-            inverse = torch.argsort(order, dim=1)
-        groups.append(TextGroup(None if len(distinct) == 1 else rows, order, inverse, int(valid)))
-    return groups
+    if bool((mask == (torch.arange(mask.shape[1]) < counts[:, None])).all()):
+        return TextPlan(counts, None, None)
+    # Stable sort on "is padding": valid tokens first, each part in its original order.
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    return TextPlan(counts, order, torch.argsort(order, dim=1))
 
 
 def image_grids(img_shapes):
@@ -119,20 +116,24 @@ def qwen_token_count(img_shapes):
 class _Call:
     """What the pre-hook learnt about the forward in flight."""
     seq_len: int
-    groups: list
+    text: TextPlan
     mask_key: dict  # the mask's per-row valid counts and a digest: ranks must agree on it
 
 
 class QwenSPAdapter:
     """Puts one QwenImageTransformer2DModel under sequence parallelism; `remove()` undoes it."""
 
-    def __init__(self, transformer, ctx, check_inputs=True):
+    def __init__(self, transformer, ctx, check_inputs=True, attention_precision=None):
         check_adapter_target(transformer, ctx)
         self.transformer = transformer
         self.ctx = ctx
+        self.groups = SPGroups.of(ctx)  # by name: what the SP ops take
+        self.attention_precision = check_precision_name(attention_precision)
         self.check_inputs = check_inputs
         self.call = None  # _Call of the forward in flight; None outside one
-        self._mask_cache = None  # (mask tensor, its _version, _Call pieces): the pipeline reuses one mask
+        # id(mask) -> (mask, its _version, (TextPlan, agreement key)). The pipelines pass the same
+        # cond and uncond masks at every step: both stay here, so no step reads a mask on the host.
+        self._mask_cache = {}
         self._modulate_cache = None  # (full modulate_index, its shard) within one forward
         self._processors = [_QwenUSPAttnProcessor(self) for _ in transformer.transformer_blocks]
         self._hooks = HookSet()
@@ -149,8 +150,10 @@ class QwenSPAdapter:
     # -- installation ------------------------------------------------------------------
     def _install(self):
         t, hooks = self.transformer, self._hooks
-        hooks.add_handle(t.register_forward_pre_hook(self._before_forward, with_kwargs=True))
-        hooks.add_handle(t.register_forward_hook(self._after_forward, always_call=True))
+        # Eager even under torch.compile(transformer): they check, agree and plan each call.
+        eager = torch.compiler.disable
+        hooks.add_handle(t.register_forward_pre_hook(eager(self._before_forward), with_kwargs=True))
+        hooks.add_handle(t.register_forward_hook(eager(self._after_forward), always_call=True))
         hooks.add_handle(t.img_in.register_forward_pre_hook(self._shard_image_tokens))
         hooks.add_handle(t.pos_embed.register_forward_hook(self._shard_rotary))
         hooks.add_handle(t.proj_out.register_forward_hook(self._gather_tokens))
@@ -162,7 +165,7 @@ class QwenSPAdapter:
         """Restores the transformer's original forward (hooks out, original processors back)."""
         self._hooks.remove()
         self.call = None
-        self._mask_cache = None
+        self._mask_cache.clear()
         self._modulate_cache = None
 
     # -- hooks ---------------------------------------------------------------------------
@@ -188,8 +191,7 @@ class QwenSPAdapter:
             agree(self.ctx.sp_group, "Qwen-Image transformer forward", fields, error)
         elif error is not None:
             raise error
-        device = latents.device
-        self.call = _Call(call.seq_len, [g.to(device) for g in call.groups], call.mask_key)
+        self.call = call
         if control is not None:
             sharded = [shard_sequence(c, self.ctx, dim=1) for c in control]
             return with_call_arg(args, kwargs, _ARG_CONTROL, "controlnet_block_samples", sharded)
@@ -217,6 +219,9 @@ class QwenSPAdapter:
         index = call_arg(args, kwargs, _BLOCK_ARG_MODULATE_INDEX, "modulate_index", None)
         if index is None:
             return None
+        if torch.compiler.is_compiling():  # traced inside the block: a cheap slice, no host-side cache
+            return with_call_arg(args, kwargs, _BLOCK_ARG_MODULATE_INDEX, "modulate_index",
+                                 shard_sequence(index, self.ctx, dim=1))
         if self._modulate_cache is None or self._modulate_cache[0] is not index:
             self._modulate_cache = (index, shard_sequence(index, self.ctx, dim=1))
         return with_call_arg(args, kwargs, _BLOCK_ARG_MODULATE_INDEX, "modulate_index", self._modulate_cache[1])
@@ -224,31 +229,20 @@ class QwenSPAdapter:
     def _gather_tokens(self, module, args, tokens):
         if self.call is None:
             return None
-        return gather_sequence(tokens, self.ctx, dim=1, seq_len=self.call.seq_len)
+        return sp_gather(tokens, self.groups, dim=1, seq_len=self.call.seq_len)
 
     # -- attention -----------------------------------------------------------------------
     def joint_attention(self, image, text):
-        """usp_attention of the image shard (q, k, v) [B, S_local, H, D] with the replicated
+        """SP attention of the image shard (q, k, v) [B, S_local, H, D] with the replicated
         text (q, k, v) [B, T, H, D], honouring the text mask: (image out, text out)."""
-        groups = self.call.groups
-        if len(groups) == 1 and groups[0].rows is None:
-            return self._attend(image, text, groups[0])
-        image_out, text_out = torch.empty_like(image[0]), torch.empty_like(text[0])
-        for group in groups:
-            pick = lambda ts: tuple(t.index_select(0, group.rows) for t in ts)  # noqa: E731
-            out, joint_out = self._attend(pick(image), pick(text), group)
-            image_out.index_copy_(0, group.rows, out)
-            text_out.index_copy_(0, group.rows, joint_out)
-        return image_out, text_out
-
-    def _attend(self, image, text, group):
-        if group.order is not None:
-            text = tuple(_take_tokens(t, group.order) for t in text)
-        out, joint_out = usp_attention(*image, self.ctx, seq_len=self.call.seq_len, joint_q=text[0],
-                                       joint_k=text[1], joint_v=text[2], joint_len=group.valid)
-        if group.order is not None:
-            joint_out = _take_tokens(joint_out, group.inverse)
-        return out, joint_out
+        plan = self.call.text
+        if plan.order is not None:
+            text = tuple(_take_tokens(t, plan.order) for t in text)
+        out, text_out = sp_attention(*image, self.groups, self.call.seq_len, joint=text, joint_len=plan.lens,
+                                     precision=self.attention_precision)
+        if plan.order is not None:
+            text_out = _take_tokens(text_out, plan.inverse)
+        return out, text_out
 
     # -- checks --------------------------------------------------------------------------
     def _check_call(self, latents, text, mask, timestep, img_shapes, control):
@@ -271,28 +265,43 @@ class QwenSPAdapter:
             raise ValueError(f"timestep must be a tensor, got {describe(timestep)}")
         _check_img_shapes(img_shapes, batch, seq_len, cfg.zero_cond_t)
         _check_control(control, batch, seq_len)
-        groups, mask_key = self._text_groups(mask, batch, text.shape[1])
-        return _Call(seq_len, groups, mask_key)
+        plan, mask_key = self._text_plan(mask, batch, text.shape[1], latents.device)
+        return _Call(seq_len, plan, mask_key)
 
-    def _text_groups(self, mask, batch, text_len):
+    def _text_plan(self, mask, batch, text_len, device):
         if mask is None:
-            return text_groups(None, batch, text_len), None
+            return text_plan(None), None
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, text_len):
             raise ValueError(f"encoder_hidden_states_mask must be [{batch}, {text_len}] (batch, text tokens), "
                              f"got {describe(mask)}")
-        cached = self._mask_cache
-        if cached is not None and cached[0] is mask and cached[1] == mask._version:
-            return cached[2]  # no device sync: the same mask as the last forward
+        version = _version(mask)
+        cached = self._mask_cache.get(id(mask))
+        if cached is not None and cached[0] is mask and version is not None and cached[1] == version:
+            return cached[2]  # no device sync: a mask seen before, unchanged
         flags = mask.detach().to("cpu", torch.bool)
         key = {"valid": flags.sum(dim=1).tolist(),
                "digest": hashlib.blake2b(flags.numpy().tobytes(), digest_size=8).hexdigest()}
-        result = (text_groups(flags, batch, text_len), key)
-        self._mask_cache = (mask, mask._version, result)
+        result = (text_plan(flags).to(device), key)
+        if version is not None:
+            if len(self._mask_cache) >= _MASK_CACHE_SIZE:  # the oldest goes (dicts keep insertion order)
+                self._mask_cache.pop(next(iter(self._mask_cache)))
+            self._mask_cache[id(mask)] = (mask, version, result)  # the mask is held: its id stays unique
         return result
 
     def _processors_in_place(self):
         blocks = self.transformer.transformer_blocks
         return all(block.attn.processor is proc for block, proc in zip(blocks, self._processors))
+
+
+_MASK_CACHE_SIZE = 4  # cond + uncond masks, with room for a second expert or request
+
+
+def _version(t):
+    """t's in-place modification counter, or None where it has none (inference-mode tensors)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _is_seq(x):

@@ -48,14 +48,16 @@ def _transformers_of(target, name):
     return found
 
 
-def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True):
+def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, attention_precision=None):
     """Runs the transformer(s) under sequence parallelism over ctx's SP group.
 
     transformer_or_pipeline: a WanTransformer3DModel or QwenImageTransformer2DModel, or a
     pipeline with `transformer` (and optionally `transformer_2`). ctx: from
     `ringsp.init_parallel`. check_inputs: compare input shapes across the SP group on every
     forward (one tiny all_gather) so that ranks that disagree fail with the same ValueError
-    instead of hanging.
+    instead of hanging. attention_precision: None (the activations' dtype) or "fp8" / "int8":
+    the SP self-attention runs 8-bit inside (CUDA GPUs only; an unsupported device fails at
+    the first forward on every rank). Measured speed and accuracy: bench/RESULTS.md.
     Returns transformer_or_pipeline. Undo with `disable_sequence_parallel`.
     """
     modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
@@ -67,7 +69,9 @@ def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True):
         for module in modules:
             if any(module is m for m in enabled):
                 continue  # a pipeline may hold the same module twice
-            setattr(module, _ATTR, _adapter_class(module)(module, ctx, check_inputs=check_inputs))
+            adapter = _adapter_class(module)(module, ctx, check_inputs=check_inputs,
+                                             attention_precision=attention_precision)
+            setattr(module, _ATTR, adapter)
             enabled.append(module)
     except BaseException:
         for module in enabled:  # all or nothing

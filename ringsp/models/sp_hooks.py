@@ -61,3 +61,14 @@ def check_adapter_target(transformer, ctx):
     if getattr(transformer, "_parallel_config", None) is not None:
         raise ValueError("transformer already runs diffusers' own parallelism (enable_parallelism); "
                          "ringsp's sequence parallelism cannot be stacked on it")
+
+
+def check_precision_name(precision):
+    """The adapters' attention_precision: None, or an 8-bit precision of the ops layer (whether
+    the device runs it is checked at the first forward, on every rank alike)."""
+    from ringsp_kernels.fp8_reference import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"attention_precision must be None (the activations' dtype) or one of {PRECISIONS}, "
+                         f"got {precision!r}")
+    return precision

@@ -11,31 +11,37 @@ processor do the work, and `WanSPAdapter.remove()` takes them all out again):
   flatten/transpose then yields [B, S_local, C], so every per-token op runs sharded.
 - `rope` hook: the rotary tables [1, S, 1, D] are sharded the same way.
 - `blocks[i].attn1`: a processor that keeps diffusers' projections, qk-norm and rotary but
-  calls `usp_attention` over the whole sequence (padding masked). Cross-attention (attn2,
-  text and I2V image tokens) is untouched: its keys are replicated, its queries local.
+  attends over the whole sequence (padding masked) through the `ringsp::sp_attention` op.
+  Cross-attention (attn2, text and I2V image tokens) is untouched: its keys are replicated,
+  its queries local.
 - `proj_out` hook: gathers the projected tokens [B, S_local, C_out] back to [B, S, C_out]
   (the narrowest tensor after the blocks), and diffusers unpatchifies the full sequence.
 
 All collectives run on the SP group of the context, so the adapter works inside one half of
-a CFG-parallel world.
+a CFG-parallel world. They are torch ops (ringsp.parallel.sp_op) and the transformer-level
+hooks, which check and agree across ranks, are kept out of Dynamo: `compile_repeated_blocks`
+and `torch.compile(transformer, fullgraph=True)` trace the rest without a graph break.
 """
 import math
 
 import torch
 
-from ringsp.parallel import gather_sequence, shard_sequence, usp_attention
+from ringsp.parallel import shard_sequence
 from ringsp.parallel.agreement import agree, describe
+from ringsp.parallel.sp_op import SPGroups, sp_attention, sp_gather
 
-from .sp_hooks import HookSet, call_arg, check_adapter_target, with_call_arg
+from .sp_hooks import HookSet, call_arg, check_adapter_target, check_precision_name, with_call_arg
 
 
 class WanSPAdapter:
     """Puts one WanTransformer3DModel under sequence parallelism; `remove()` undoes it."""
 
-    def __init__(self, transformer, ctx, check_inputs=True):
+    def __init__(self, transformer, ctx, check_inputs=True, attention_precision=None):
         check_adapter_target(transformer, ctx)
         self.transformer = transformer
         self.ctx = ctx
+        self.groups = SPGroups.of(ctx)  # by name: what the SP ops take
+        self.attention_precision = check_precision_name(attention_precision)
         self.check_inputs = check_inputs
         self.seq_len = None  # global token count of the forward in flight; None outside one
         self._processors = [_WanUSPAttnProcessor(self) for _ in transformer.blocks]
@@ -49,8 +55,10 @@ class WanSPAdapter:
     # -- installation ------------------------------------------------------------------
     def _install(self):
         t, hooks = self.transformer, self._hooks
-        hooks.add_handle(t.register_forward_pre_hook(self._before_forward, with_kwargs=True))
-        hooks.add_handle(t.register_forward_hook(self._after_forward, always_call=True))
+        # Eager even under torch.compile(transformer): they check, agree and plan each call.
+        eager = torch.compiler.disable
+        hooks.add_handle(t.register_forward_pre_hook(eager(self._before_forward), with_kwargs=True))
+        hooks.add_handle(t.register_forward_hook(eager(self._after_forward), always_call=True))
         hooks.add_handle(t.patch_embedding.register_forward_hook(self._shard_patches))
         hooks.add_handle(t.rope.register_forward_hook(self._shard_rotary))
         hooks.add_handle(t.proj_out.register_forward_hook(self._gather_tokens))
@@ -103,7 +111,7 @@ class WanSPAdapter:
     def _gather_tokens(self, module, args, tokens):
         if self.seq_len is None:
             return None
-        return gather_sequence(tokens, self.ctx, dim=1, seq_len=self.seq_len)
+        return sp_gather(tokens, self.groups, dim=1, seq_len=self.seq_len)
 
     # -- checks --------------------------------------------------------------------------
     def _check_call(self, latents, timestep):
@@ -165,7 +173,8 @@ class _WanUSPAttnProcessor:
         if rotary_emb is not None:
             query = _apply_rotary(query, *rotary_emb)
             key = _apply_rotary(key, *rotary_emb)
-        out = usp_attention(query, key, value, self._adapter.ctx, seq_len=self._adapter.seq_len)
+        out = sp_attention(query, key, value, self._adapter.groups, self._adapter.seq_len,
+                           precision=self._adapter.attention_precision)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

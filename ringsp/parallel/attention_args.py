@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ringsp_kernels.checks import DTYPES, MAX_HEAD_DIM
+from ringsp_kernels.fp8 import check_device, quantised
 
 from . import agreement
 from .agreement import agree, describe
@@ -22,6 +23,7 @@ class AttentionArgs:
     seq_len: int
     scale: float | None
     joint: tuple | None  # (joint_q, joint_k, joint_v, joint_len) or None
+    precision: str | None = None  # None: q's dtype; "fp8" / "int8": 8-bit attention inside (CUDA)
 
 
 def _check_tensor(name, t, like=None):
@@ -79,7 +81,15 @@ def _check_joint(q, joint_q, joint_k, joint_v, joint_len):
 _passed = {}  # call signature -> (seq_len, scale, joint_len) of a call that passed the checks
 
 
-def _signature(op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra):
+def _check_precision(precision, q):
+    """None for q's own dtype, else the 8-bit precision (which this device must run)."""
+    if precision is None or not quantised(precision, q):
+        return None
+    check_device(q, precision)
+    return precision
+
+
+def _signature(op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra, precision):
     """A hashable key of everything the checks and the agreement look at, or None when an
     argument is not what a valid call passes (the full path reports it)."""
     tensors = (q, k, v) if joint_q is None else (q, k, v, joint_q, joint_k, joint_v)
@@ -88,11 +98,12 @@ def _signature(op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, jo
     meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
     extras = None if extra is None else tuple(sorted(extra.items()))
     # types too: True == 1 as a key, but a bool is no valid length or scale
-    scalars = tuple((type(x), x) for x in (seq_len, scale, joint_len))
+    scalars = tuple((type(x), x) for x in (seq_len, scale, joint_len, precision))
     return op, group, meta, scalars, extras
 
 
-def prepare(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra=None):
+def prepare(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra=None,
+            precision=None):
     """Validates one call's arguments and checks that every rank of `group` agrees on them.
     Returns AttentionArgs; raises on every rank if any rank's arguments are bad or differ.
 
@@ -100,20 +111,21 @@ def prepare(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, join
     costs one dict lookup: the checks depend on nothing else, and the agreement of that
     signature is cached by the agreement module in the same way."""
     key = None if agreement.CHECK_EVERY_CALL else _signature(
-        op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra)
+        op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra, precision)
     hit = _passed.get(key) if key is not None else None
     if hit is not None:
-        seq_len, scale, joint_len = hit
+        seq_len, scale, joint_len, precision = hit
         joint = None if joint_q is None else (joint_q, joint_k, joint_v, joint_len)
-        return AttentionArgs(q, k, v, seq_len, scale, joint)
+        return AttentionArgs(q, k, v, seq_len, scale, joint, precision)
     args = _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v,
-                            joint_len, extra)
+                            joint_len, extra, precision)
     if key is not None:
-        _passed[key] = (args.seq_len, args.scale, args.joint[3] if args.joint else None)
+        _passed[key] = (args.seq_len, args.scale, args.joint[3] if args.joint else None, args.precision)
     return args
 
 
-def _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra):
+def _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra,
+                     precision):
     error, args = None, None
     try:
         _check_qkv(q, k, v)
@@ -121,13 +133,15 @@ def _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, join
             raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
         seq_len = check_seq_len(seq_len, q.shape[1], sp_world)
         joint = _check_joint(q, joint_q, joint_k, joint_v, joint_len)
-        args = AttentionArgs(q, k, v, seq_len, None if scale is None else float(scale), joint)
+        mode = _check_precision(precision, q)
+        args = AttentionArgs(q, k, v, seq_len, None if scale is None else float(scale), joint, mode)
     except (TypeError, ValueError) as exc:
         error = exc
     fields = {
         "q": describe(q), "k": describe(k), "v": describe(v), "seq_len": seq_len, "scale": scale,
         "joint_q": describe(joint_q), "joint_k": describe(joint_k), "joint_v": describe(joint_v),
-        "joint_len": args.joint[3] if args is not None and args.joint else joint_len, **(extra or {}),
+        "joint_len": args.joint[3] if args is not None and args.joint else joint_len,
+        "precision": args.precision if args is not None else precision, **(extra or {}),
     }
     agree(group, op, fields, error)
     return args

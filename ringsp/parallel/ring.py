@@ -42,8 +42,9 @@ class RingLoop:
     next block's transfer; attend: the step on the current block; end: wait and swap), so
     that a test can drive the ranks of a virtual ring in lockstep on one device."""
 
-    def __init__(self, q, kv, size, rank, seq_len, scale, exchange, skips=NO_SKIPS):
+    def __init__(self, q, kv, size, rank, seq_len, scale, exchange, skips=NO_SKIPS, precision=None):
         self.q, self.size, self.rank, self.scale, self.skips = q, size, rank, scale, skips
+        self.precision = precision
         block = q.shape[1]
         self.kv_len = [block_kv_len(seq_len, j, block) for j in range(size)]
         self.acc, self.lse = rk.init_state(q)
@@ -63,7 +64,7 @@ class RingLoop:
     def attend(self, step):
         n = self.kv_len[self.src(step)]
         if n > 0 and not self.skips.compute:
-            rk.attn_step_(self.q, self.cur[0], self.cur[1], self.acc, self.lse, self.scale, n)
+            rk.attn_step_(self.q, self.cur[0], self.cur[1], self.acc, self.lse, self.scale, n, self.precision)
 
     def end(self, step):
         if self._handle is not None:
@@ -80,40 +81,41 @@ class RingLoop:
         return rk.finalize(self.acc, self.lse, self.q.dtype)
 
 
-def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS):
+def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS, precision=None):
     """Attention of q [B, L, H, D] over the ring's blocks; kv is this rank's block, a
     [2, B, L, H, D] tensor or a (k, v) pair (ring position = rank in `group`, see groups.py).
     Block j's valid keys are block_kv_len(seq_len, j, L). joint = (joint_q, joint_k, joint_v,
     joint_len) with the same heads as q, identical on every rank. Returns (out, joint_out or
-    None) in q's dtype."""
+    None) in q's dtype. precision: None (q's dtype) or an 8-bit precision for the image-key
+    steps (ringsp_kernels.attn_step_'s `precision`); text keys are few and stay native."""
     size, rank = size_rank(group)
     if size == 1:
-        return _single_block(q, kv, seq_len, scale, joint)
+        return _single_block(q, kv, seq_len, scale, joint, precision)
     if not isinstance(kv, torch.Tensor):
         kv = torch.stack(kv)
     kv = kv.contiguous()  # P2P needs it; a no-op for stacked buffers
-    loop = RingLoop(q, kv, size, rank, seq_len, scale, ring_exchange(group, q.device), skips)
+    loop = RingLoop(q, kv, size, rank, seq_len, scale, ring_exchange(group, q.device), skips, precision)
     if joint is None:
         return loop.run(), None
-    gather = _start_text_gather(joint, kv, loop.kv_len[rank], scale, group)
+    gather = _start_text_gather(joint, kv, loop.kv_len[rank], scale, group, precision)
     out = loop.run(lambda lp: rk.attn_step_(q, joint[1], joint[2], lp.acc, lp.lse, scale, joint[3]))
     return out, _joint_out(joint, gather, size, scale)
 
 
-def _single_block(q, kv, seq_len, scale, joint):
+def _single_block(q, kv, seq_len, scale, joint, precision):
     """A ring of one: one attention call, text queries and keys included."""
     k, v = kv[0], kv[1]
     if joint is None:
-        out, _ = rk.attn_fwd(q, k, v, scale, min(seq_len, k.shape[1]))
+        out, _ = rk.attn_fwd(q, k, v, scale, min(seq_len, k.shape[1]), precision)
         return out, None
     jq, jk, jv, jlen = joint
     n = min(seq_len, k.shape[1])
     out, _ = rk.attn_fwd(torch.cat([q, jq], 1), torch.cat([k[:, :n], jk[:, :jlen]], 1),
-                         torch.cat([v[:, :n], jv[:, :jlen]], 1), scale)
+                         torch.cat([v[:, :n], jv[:, :jlen]], 1), scale, None, precision)
     return out[:, : q.shape[1]], out[:, q.shape[1]:]
 
 
-def _start_text_gather(joint, kv, own_kv_len, scale, group):
+def _start_text_gather(joint, kv, own_kv_len, scale, group, precision):
     """Starts gathering every rank's text-query state over its own image block: one
     asynchronous all_gather of acc and lse packed in one float32 buffer."""
     jq = joint[0]
@@ -122,7 +124,7 @@ def _start_text_gather(joint, kv, own_kv_len, scale, group):
     acc, lse = _unpack(packed, jq.shape)
     acc.zero_()
     lse.fill_(float("-inf"))
-    rk.attn_step_(jq, kv[0], kv[1], acc, lse, scale, own_kv_len)
+    rk.attn_step_(jq, kv[0], kv[1], acc, lse, scale, own_kv_len, precision)
     parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
     return parts, dist.all_gather(parts, packed, group=group, async_op=True)
 
@@ -147,17 +149,18 @@ def _joint_out(joint, gather, size, scale):
 
 
 def ring_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_k=None, joint_v=None,
-                   joint_len=None, scale=None):
+                   joint_len=None, scale=None, precision=None):
     """Ring attention over `group` (None = WORLD; group rank order = sequence order).
 
     q/k/v: this rank's shard [B, S_local, H, D]; seq_len: the true global length when the
     shards were padded at the end (None = world * S_local). Returns this rank's shard of
     the output, or (out, joint_out) when joint tensors (replicated text tokens
-    [B, T, H, D], the first joint_len of them valid) are given.
+    [B, T, H, D], the first joint_len of them valid) are given. precision: None (q's dtype)
+    or "fp8" / "int8" (8-bit attention inside, CUDA; see ringsp_kernels.fp8).
     """
     a = prepare("ring_attention", group, size_rank(group)[0], q, k, v, seq_len, scale,
-                joint_q, joint_k, joint_v, joint_len)
-    out, joint_out = ring_pass(a.q, (a.k, a.v), group, a.seq_len, a.scale, a.joint)
+                joint_q, joint_k, joint_v, joint_len, precision=precision)
+    out, joint_out = ring_pass(a.q, (a.k, a.v), group, a.seq_len, a.scale, a.joint, precision=a.precision)
     return out if a.joint is None else (out, joint_out)
 
 

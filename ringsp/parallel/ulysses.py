@@ -70,7 +70,8 @@ def sp_pass(a, uly_group, ring_group, skips=NO_SKIPS):
     else:
         q_h, k_h, v_h = seq_to_heads(a.q, a.k, a.v, uly_group)
         kv_h = (k_h, v_h)
-    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group), skips)
+    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group), skips,
+                               a.precision)
     out = out_h if u == 1 else heads_to_seq(out_h, uly_group, heads)
     if a.joint is None:
         return out
@@ -79,9 +80,9 @@ def sp_pass(a, uly_group, ring_group, skips=NO_SKIPS):
 
 
 def ulysses_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_k=None, joint_v=None,
-                      joint_len=None, scale=None):
+                      joint_len=None, scale=None, precision=None):
     """Ulysses attention over `group` (None = WORLD; group rank order = sequence order).
     Arguments and result as for ring_attention."""
     a = prepare("ulysses_attention", group, size_rank(group)[0], q, k, v, seq_len, scale,
-                joint_q, joint_k, joint_v, joint_len)
+                joint_q, joint_k, joint_v, joint_len, precision=precision)
     return sp_pass(a, group, SINGLE)

@@ -32,6 +32,15 @@ def test_generate_command_line():
         assert part in text
 
 
+def test_compile_options_are_passed_on():
+    args = e2e.parse_args(["--configs", "u1r1", "--compile", "--cuda-graphs"])
+    text = " ".join(e2e.generate_argv(args, args.config_list[0], "r.json"))
+    assert "--compile regional" in text and "--cuda-graphs" in text
+    args = e2e.parse_args(["--configs", "u1r1", "--compile", "full"])
+    assert "--compile full" in " ".join(e2e.generate_argv(args, args.config_list[0], "r.json"))
+    assert "--compile" not in " ".join(e2e.generate_argv(e2e.parse_args([]), (1, 1, 1), "r.json"))
+
+
 def test_configs_beyond_the_devices_are_skipped(monkeypatch, tmp_path):
     monkeypatch.setattr(e2e, "available_processes", lambda device: 2)
     args = e2e.parse_args(["--device", "cpu", "--configs", "u4r1"])

@@ -24,10 +24,24 @@ def test_defaults_and_shapes():
         bench.shapes(bench.parse_args(["--resolutions", "1080p"]))
 
 
-@pytest.mark.parametrize("argv", [["--iters", "0"], ["--dtype", "fp8"], ["--text-len", "0"], ["--device", "tpu"]])
+@pytest.mark.parametrize("argv", [["--iters", "0"], ["--dtype", "fp8"], ["--text-len", "0"], ["--device", "tpu"],
+                                  ["--skip-eager"], ["--device", "cpu", "--cuda-graphs"], ["--compile", "all"]])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
+
+
+def test_variants_and_compile_speedups():
+    assert bench.variants(bench.parse_args([])) == [(None, False)]
+    assert bench.variants(bench.parse_args(["--compile"])) == [(None, False), ("regional", False)]
+    assert bench.variants(bench.parse_args(["--compile", "full", "--cuda-graphs", "--skip-eager"])) == [
+        ("full", False), ("full", True)]
+    rows = [{"impl": "ringsp", "ulysses": 1, "ring": 1, "compile": None, "median_ms": 6.0},
+            {"impl": "ringsp", "ulysses": 1, "ring": 1, "compile": "regional", "median_ms": 4.0},
+            {"impl": "ringsp", "ulysses": 2, "ring": 1, "compile": "regional", "median_ms": 4.0}]
+    bench.add_compile_speedups(rows)
+    assert rows[1]["speedup_vs_eager"] == 1.5
+    assert "speedup_vs_eager" not in rows[0] and "speedup_vs_eager" not in rows[2]  # eager; no eager twin
 
 
 def test_factor_pairs():
@@ -40,18 +54,24 @@ def test_whole_run_on_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            _PATH, "--device", "cpu", "--model", "tiny-t2v", "--latent", "3,6,10", "--text-len", "8",
-           "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--json", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=180)
+           "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--compile", "--json", str(out)]
+    env["RINGSP_COMPILE_BACKEND"] = "aot_eager"  # the compiled rows without Inductor's C++ build
+    proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["world_size"] == 2 and report["versions"]["torch"]
-    rows = {(r["impl"], r["ulysses"], r["ring"]): r for r in report["results"]}
-    assert set(rows) == {("diffusers-1gpu", 1, 1), ("ringsp", 2, 1), ("ringsp", 1, 2),
-                         ("diffusers-cp", 2, 1), ("diffusers-cp", 1, 2)}
+    rows = {(r["impl"], r["ulysses"], r["ring"], r["compile"]): r for r in report["results"]}
+    impls = {("diffusers-1gpu", 1, 1), ("ringsp", 2, 1), ("ringsp", 1, 2), ("diffusers-cp", 2, 1),
+             ("diffusers-cp", 1, 2)}
+    assert set(rows) == {impl + (mode,) for impl in impls for mode in (None, "regional")}
     for split in ((2, 1), (1, 2)):
-        row = rows[("ringsp", *split)]
-        assert row["seq_len"] == 45 and row["max_rel_err"] < 1e-4 and row["median_ms"] > 0
-        assert "accelerator" in rows[("diffusers-cp", *split)]["error"]  # no diffusers CP on CPU
+        for mode in (None, "regional"):
+            row = rows[("ringsp", *split, mode)]
+            assert row["seq_len"] == 45 and row["max_rel_err"] < 1e-4 and row["median_ms"] > 0
+            assert "accelerator" in rows[("diffusers-cp", *split, mode)]["error"]  # no diffusers CP on CPU
+        compiled = rows[("ringsp", *split, "regional")]
+        assert compiled["compile_s"] > 0 and compiled["speedup_vs_eager"] > 0 and not compiled["cuda_graphs"]
+    assert rows[("diffusers-1gpu", 1, 1, "regional")]["compile_s"] > 0  # diffusers compiled the same way
 
 
 def test_without_cuda_it_says_so(tmp_path):

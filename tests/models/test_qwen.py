@@ -19,7 +19,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import ringsp  # noqa: E402
 from ringsp.models import configs, is_sequence_parallel_enabled  # noqa: E402
-from ringsp.models.qwen import QwenSPAdapter, image_grids, qwen_token_count, text_groups  # noqa: E402
+from ringsp.models.qwen import QwenSPAdapter, image_grids, qwen_token_count, text_plan  # noqa: E402
 from ringsp.parallel import ParallelConfig, ParallelContext  # noqa: E402
 from tests.mp_pool import run_distributed  # noqa: E402
 
@@ -203,28 +203,57 @@ def test_the_mask_changes_the_output():
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 9), st.data())
-def test_text_groups_cover_each_row_once_with_valid_tokens_first(batch, text_len, data):
+def test_text_plan_counts_each_row_and_puts_valid_tokens_first(batch, text_len, data):
     bits = data.draw(st.lists(st.booleans(), min_size=batch * text_len, max_size=batch * text_len))
     mask = torch.tensor(bits).view(batch, text_len)
-    groups = text_groups(mask, batch, text_len)
-    rows = torch.cat([g.rows if g.rows is not None else torch.arange(batch) for g in groups])
-    assert sorted(rows.tolist()) == list(range(batch))
-    for g in groups:
-        picked = mask if g.rows is None else mask[g.rows]
-        assert (picked.sum(dim=1) == g.valid).all()
-        order = g.order if g.order is not None else torch.arange(text_len).expand_as(picked)
-        reordered = picked.gather(1, order)
-        assert reordered[:, : g.valid].all() and not reordered[:, g.valid:].any()
-        if g.order is not None:
-            assert torch.equal(order.gather(1, g.inverse), torch.arange(text_len).expand_as(picked))
-    if mask.all():
-        assert len(groups) == 1 and groups[0].rows is None and groups[0].order is None
+    plan = text_plan(mask.long())
+    assert plan.lens.device.type == "cpu" and torch.equal(plan.lens, mask.sum(dim=1))
+    order = plan.order if plan.order is not None else torch.arange(text_len).expand(batch, text_len)
+    reordered = mask.gather(1, order)
+    for row, valid in enumerate(plan.lens.tolist()):
+        assert reordered[row, :valid].all() and not reordered[row, valid:].any()
+    if plan.order is not None:
+        assert torch.equal(order.gather(1, plan.inverse), torch.arange(text_len).expand(batch, text_len))
+        assert torch.equal(order.sort(dim=1).values, torch.arange(text_len).expand(batch, text_len))
 
 
-def test_text_groups_without_mask_or_with_a_shared_prefix():
-    assert [(g.rows, g.order, g.valid) for g in text_groups(None, 2, 7)] == [(None, None, 7)]
-    groups = text_groups(text_mask("prefix", 3, 8), 3, 8)
-    assert [(g.rows, g.order, g.valid) for g in groups] == [(None, None, 5)]
+def test_text_plan_without_mask_or_with_prefixes():
+    plan = text_plan(None)
+    assert (plan.lens, plan.order, plan.inverse) == (None, None, None)
+    plan = text_plan(text_mask("ragged", 3, 8))
+    assert plan.lens.tolist() == [8, 5, 0] and plan.order is None and plan.inverse is None
+
+
+def _mask_reads(steps):
+    """Host reads of the text mask in each forward of a few steps alternating the cond and
+    uncond masks, then after an in-place write to the cond mask."""
+    from ringsp.models import qwen
+
+    ctx = context(1, 2)
+    model = tiny_model("tiny-qwen")
+    cond, uncond = (tiny_inputs(model, [(1, 3, 5)], 1, 6, "prefix", "plain", seed=s) for s in (1, 2))
+    uncond["encoder_hidden_states_mask"] = torch.tensor([[1, 1, 0, 0, 0, 0]])
+    calls, original = [], qwen.text_plan
+    qwen.text_plan = lambda mask: calls.append(mask is not None) or original(mask)
+    reads = []
+    ringsp.enable_sequence_parallel(model, ctx)
+    try:
+        for kwargs in [cond, uncond] * steps + [None]:
+            if kwargs is None:  # same values, but written: the mask must be read again
+                cond["encoder_hidden_states_mask"][0, 0] = 1
+                kwargs = cond
+            calls.clear()
+            forward_with_text(model, kwargs)
+            reads.append(sum(calls))
+    finally:
+        qwen.text_plan = original
+        ringsp.disable_sequence_parallel(model)
+    return reads
+
+
+def test_cond_and_uncond_masks_are_read_once_each():
+    for reads in run_distributed(2, _mask_reads, 3):
+        assert reads == [1, 1, 0, 0, 0, 0, 1]
 
 
 def test_token_count_and_grids():

@@ -64,3 +64,27 @@ def _usp_rejects_bad_ctx():
 
 def test_usp_rejects_a_non_context():
     assert all("ParallelContext" in msg for msg in run_distributed(2, _usp_rejects_bad_ctx))
+
+
+def _precision_case(u, r, precision):
+    """8-bit attention needs a CUDA GPU: on CPU every rank raises the same error, before any
+    collective of the attention (no rank is left waiting); the native names pass through."""
+    from ringsp.parallel import usp_attention
+
+    ctx = context(u, r)
+    q, k, v = shards(ctx, *random_tensors(3, *[(1, 8, 2, 16)] * 3, dtype=torch.bfloat16))
+    try:
+        out = usp_attention(q, k, v, ctx, precision=precision)
+    except ValueError as exc:
+        return str(exc)
+    return out.dtype
+
+
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_8bit_precision_on_cpu_fails_on_every_rank(precision):
+    for msg in run_distributed(2, _precision_case, 1, 2, precision):
+        assert isinstance(msg, str) and f"precision={precision!r} needs a CUDA GPU" in msg, msg
+
+
+def test_native_precision_names_run_native():
+    assert run_distributed(2, _precision_case, 2, 1, "bf16") == [torch.bfloat16] * 2

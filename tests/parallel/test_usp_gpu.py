@@ -115,7 +115,7 @@ def test_attention_reads_the_ulysses_receive_layout_in_place(path, monkeypatch):
         pytest.skip("needs a CUDA device")
     import ringsp_kernels as rk
 
-    monkeypatch.setenv("RINGSP_CUDA_ATTN", path)
+    monkeypatch.setattr("ringsp_kernels.cuda._forced", path)  # RINGSP_CUDA_ATTN is read once, at import
     L, H, D, n = 1000, 3, 128, 937
     buf = random_tensors(7, (1, L, 3, H, D), dtype=torch.bfloat16)[0].cuda()
     buf[:, n:, 1:] = float("nan")  # padded keys and values: masked by kv_len, whatever they hold
