@@ -12,8 +12,7 @@ Per shape and candidate it times, with triton.testing.do_bench medians:
 TFLOP/s = 4*B*H*Sq*Sk*D / time (Sk = all keys, for both). Candidates:
   cudnn            aten._scaled_dot_product_cudnn_attention with LSE; its chain is cuDNN per
                    block + ringsp's one-pass merge (triton_merge), the dispatcher's other path
-  current          ringsp_kernels.triton_attn.launch, the best of its first two Hopper configs
-                   (or its autotuner, on trees that still have one)
+  current          ringsp_kernels.triton_attn.launch, the best of its Hopper configs
   persist, pipe,   ringsp_kernels.hopper_attn variants (see that module); split only runs
   split            where it would split the KV block
 Every candidate's output and LSE are compared with cuDNN's before it is timed; a candidate
@@ -79,10 +78,7 @@ def _current(config):
     def step(q, k, v, acc, lse, kv_len, has_state):
         from ringsp_kernels import triton_attn
 
-        if config is None:
-            triton_attn.launch(q, k, v, acc, lse, q.shape[-1] ** -0.5, kv_len, has_state)
-        else:
-            triton_attn.launch(q, k, v, acc, lse, q.shape[-1] ** -0.5, kv_len, has_state, config=config)
+        triton_attn.launch(q, k, v, acc, lse, q.shape[-1] ** -0.5, kv_len, has_state, config=config)
     return step
 
 
@@ -97,13 +93,11 @@ def _hopper(variant, config=None, splits=None):
 
 def current_configs(D):
     """The current kernel's Hopper tuning list (without its warp-specialisation flag, which
-    Triton 3.6 compiles to the same SASS on sm_90), or [None]: its own autotuner."""
+    Triton 3.6 compiles to the same SASS on sm_90)."""
     from ringsp_kernels import triton_attn
 
-    if not hasattr(triton_attn, "configs"):
-        return [None]
     seen = []
-    for c in triton_attn.configs(9):
+    for c in triton_attn.configs(9, D):
         c = tuple(c[:4]) + (False,)
         if c not in seen:
             seen.append(c)
@@ -122,7 +116,7 @@ def candidates(D, Sq, Sk, H, steps, force_splits=None):
 
     out = {"cudnn": (_cudnn_step, "cudnn")}
     for cfg in current_configs(D):
-        out["current" + ("" if cfg is None else ":" + _cfg_name(cfg))] = (_current(cfg), "current")
+        out["current:" + _cfg_name(cfg)] = (_current(cfg), "current")
     for variant in ("persist", "pipe"):
         for cfg in hopper_attn.TUNE[variant][D]:
             out[f"{variant}:{_cfg_name(cfg)}"] = (_hopper(variant, cfg), variant)

@@ -31,10 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # the launcher without the JIT's per-call host work (absent: plain fn[grid] launches)
-    from .fast_launch import CachedKernel
-except ImportError:  # pragma: no cover - older trees
-    CachedKernel = None
+from .fast_launch import CachedKernel
+from .triton_attn import _load_kv  # the K/V tile load (TMA or pointers) the two kernels share
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -62,24 +60,6 @@ def _softmax_pv(s, v, m_i, l_i, acc, qk_scale, cols, hi, MASK: tl.constexpr, DOT
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return m_new, l_i, acc
-
-
-@triton.jit
-def _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
-             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-             HEAD_DIM: tl.constexpr, USE_DESC: tl.constexpr):
-    if USE_DESC:  # TMA: rows past the buffer read as zeros, rows past kv_len are masked later
-        row = b * Sk + start_n
-        k = desc_k.load([row, h * HEAD_DIM])
-        v = desc_v.load([row, h * HEAD_DIM])
-    else:
-        rows = start_n + offs_n
-        mask = (rows[:, None] < Sk) & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_ks + offs_d[None, :],
-                    mask=mask, other=0.0)
-        v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vs + offs_d[None, :],
-                    mask=mask, other=0.0)
-    return k, v
 
 
 @triton.jit
@@ -306,7 +286,7 @@ def desc_ok(k, v):
 
 
 def _run(kernel, grid, args, consts, options, key):
-    if INTERPRET or CachedKernel is None:
+    if INTERPRET:
         kernel[grid](*args, **consts, **options)
         return
     cached = _KERNELS.get(kernel)

@@ -38,7 +38,7 @@ def _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, cols, kv_len,
 @triton.jit
 def _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
              stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, USE_DESC: tl.constexpr):
+             HEAD_DIM: tl.constexpr, USE_DESC: tl.constexpr):
     if USE_DESC:  # TMA: rows past this batch's keys are masked by kv_len in _attend_block
         row = b * Sk + start_n
         k_tile = desc_k.load([row, h * HEAD_DIM])
@@ -105,13 +105,13 @@ def ring_attn_kernel(
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPEC):
         k_tile, v_tile = _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
                                   stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                                  HEAD_DIM, BLOCK_D, USE_DESC)
+                                  HEAD_DIM, USE_DESC)
         m_i, l_i, acc = _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, offs_n, kv_len,
                                       False, DOT_PRECISION)
     if n_full < kv_len:
         k_tile, v_tile = _load_kv(K, V, desc_k, desc_v, b, h, n_full, offs_n, offs_d, Sk,
                                   stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                                  HEAD_DIM, BLOCK_D, USE_DESC)
+                                  HEAD_DIM, USE_DESC)
         m_i, l_i, acc = _attend_block(q, k_tile, v_tile, m_i, l_i, acc, qk_scale, n_full + offs_n,
                                       kv_len, True, DOT_PRECISION)
 
