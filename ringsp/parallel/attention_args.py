@@ -78,7 +78,8 @@ def _check_joint(q, joint_q, joint_k, joint_v, joint_len):
     return joint_q, joint_k, joint_v, joint_len
 
 
-_passed = {}  # call signature -> (seq_len, scale, joint_len) of a call that passed the checks
+_passed = {}  # call signature -> (seq_len, scale, joint_len, precision) of a call that passed the checks
+_MAX_PASSED = 4096
 
 
 def _check_precision(precision, q):
@@ -120,6 +121,8 @@ def prepare(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, join
     args = _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, joint_k, joint_v,
                             joint_len, extra, precision)
     if key is not None:
+        if len(_passed) >= _MAX_PASSED:  # bounded: a server that sees ever new shapes
+            _passed.clear()
         _passed[key] = (args.seq_len, args.scale, args.joint[3] if args.joint else None, args.precision)
     return args
 

@@ -88,3 +88,18 @@ def test_8bit_precision_on_cpu_fails_on_every_rank(precision):
 
 def test_native_precision_names_run_native():
     assert run_distributed(2, _precision_case, 2, 1, "bf16") == [torch.bfloat16] * 2
+
+
+def _joint_out(u, r):
+    from ringsp.parallel import usp_attention
+
+    ctx = context(u, r)
+    q, k, v = shards(ctx, *random_tensors(11, *[(1, 13, 4, 16)] * 3))
+    jq, jk, jv = random_tensors(12, *[(1, 5, 4, 16)] * 3)
+    return usp_attention(q, k, v, ctx, seq_len=13, joint_q=jq, joint_k=jk, joint_v=jv, joint_len=4)[1]
+
+
+@pytest.mark.parametrize("u,r", [(1, 3), (3, 1), (2, 2)])
+def test_replicated_text_output_is_bitwise_identical_on_every_rank(u, r):
+    outs = run_distributed(u * r, _joint_out, u, r)
+    assert all(torch.equal(o, outs[0]) for o in outs)
