@@ -1,4 +1,4 @@
-"""8-bit attention benchmark (issue 14): ringsp's "fp8" and "int8" precisions next to ringsp
+"""8-bit attention benchmark: ringsp's "fp8" and "int8" precisions next to ringsp
 bf16, cuDNN bf16 and SageAttention, with each one's accuracy against float64.
 
     python bench/fp8.py [--json OUT.json] [--quick] [--reps MS] [--no-sage]

@@ -1,4 +1,4 @@
-"""Candidate Hopper kernels for the fused ring step (issue 12) side by side with the current
+"""Candidate Hopper kernels for the fused ring step side by side with the current
 Triton kernel and cuDNN, in one run.
 
     python bench/kernel_variants.py [--json OUT.json] [--jobs N] [--quick] [--shapes A,B] [--reps MS]

@@ -1,4 +1,4 @@
-"""Candidate Hopper kernels for the fused ring step (issue 12), measured side by side with
+"""Candidate Hopper kernels for the fused ring step, measured side by side with
 the current kernel and cuDNN by bench/kernel_variants.py before one joins the dispatcher.
 
 `launch(q, k, v, acc, lse, scale, kv_len, has_state, variant=...)` keeps the contract of

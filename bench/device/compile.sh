@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU (world size 1): torch.compile and piecewise CUDA graphs under SP (issue 13).
+# One GPU (world size 1): torch.compile and piecewise CUDA graphs under SP.
 #  1. bench/wan_forward.py, Wan2.1-T2V-1.3B 480p/81f: ringsp and diffusers, eager and compiled
 #     the same way (regional: compile_repeated_blocks(fullgraph=True)) -> wan_compile_w1.json
 #  2. bench/qwen_forward.py, Qwen-Image 1024x1024 (200 of 256 text tokens valid): ringsp eager,

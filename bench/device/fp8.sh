@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU (H100/H200), issue 14: the 8-bit attention precisions ("fp8", "int8").
+# One GPU (H100/H200): the 8-bit attention precisions ("fp8", "int8").
 #  - tests/kernels/test_fp8_gpu.py: the Triton kernels against fp8_reference and float64
 #    (every autotuning config, chains mixing precisions, NaN padding, empty blocks), then the
 #    CPU tests of test_fp8.py;
