@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CachedKernel
-from .triton_attn import _load_kv  # the K/V tile load (TMA or pointers) the two kernels share
+from .triton_attn import _load_kv, _load_state  # the tile loads the two kernels share
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -130,16 +130,7 @@ def persistent_attn_kernel(
                     + offs_m[:, None] * stride_as + offs_d[None, :])
         lse_ptrs = (Lse + split.to(tl.int64) * stride_lp + b.to(tl.int64) * stride_lb + h * stride_lh
                     + offs_m * stride_ls)
-        if HAS_STATE:
-            m_i = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * 1.4426950408889634
-            seen = m_i > float("-inf")
-            l_i = tl.where(seen, 1.0, 0.0)
-            # rows that have seen no key hold nothing: a ring's first step reads no state
-            acc = tl.load(acc_ptrs, mask=tile_mask & seen[:, None], other=0.0)
-        else:
-            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        m_i, l_i, acc = _load_state(acc_ptrs, lse_ptrs, row_ok, tile_mask, HAS_STATE, BLOCK_M, BLOCK_D)
         lo = split * split_len
         hi = tl.minimum(lo + split_len, kv_len)
         full_end = lo + ((hi - lo) // BLOCK_N) * BLOCK_N

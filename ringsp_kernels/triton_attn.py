@@ -53,6 +53,24 @@ def _load_kv(K, V, desc_k, desc_v, b, h, start_n, offs_n, offs_d, Sk,
     return k_tile, v_tile
 
 
+@triton.jit
+def _load_state(acc_ptrs, lse_ptrs, row_ok, tile_mask, HAS_STATE: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """The softmax's start (max in log2 units, sum, numerator): the running state, or empty."""
+    if HAS_STATE:
+        m_i = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * 1.4426950408889634
+        seen = m_i > float("-inf")
+        l_i = tl.where(seen, 1.0, 0.0)
+        # rows that have seen no key hold nothing: skipping their load saves the whole
+        # state read on a ring's first step
+        acc = tl.load(acc_ptrs, mask=tile_mask & seen[:, None], other=0.0)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    return m_i, l_i, acc
+
+
 @triton.jit(do_not_specialize=["kv_len", "Sq", "Sk", "kv_rows"])
 def ring_attn_kernel(
     Q, K, V, Acc, Lse,
@@ -81,17 +99,7 @@ def ring_attn_kernel(
                 mask=tile_mask, other=0.0)
     acc_ptrs = Acc + b * stride_ab + h * stride_ah + offs_m[:, None] * stride_as + offs_d[None, :]
     lse_ptrs = Lse + b * stride_lb + h * stride_lh + offs_m * stride_ls
-    if HAS_STATE:
-        m_i = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * 1.4426950408889634
-        seen = m_i > float("-inf")
-        l_i = tl.where(seen, 1.0, 0.0)
-        # rows that have seen no key hold nothing: skipping their load saves the whole
-        # state read on a ring's first step
-        acc = tl.load(acc_ptrs, mask=tile_mask & seen[:, None], other=0.0)
-    else:
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _load_state(acc_ptrs, lse_ptrs, row_ok, tile_mask, HAS_STATE, BLOCK_M, BLOCK_D)
 
     desc_k = K
     desc_v = V

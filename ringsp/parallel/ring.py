@@ -19,7 +19,7 @@ import torch.distributed as dist
 import ringsp_kernels as rk
 
 from .attention_args import prepare
-from .comm import RingExchange, ring_exchange
+from .comm import ring_exchange
 from .groups import size_rank
 from .layout import block_kv_len
 
@@ -164,4 +164,4 @@ def ring_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_k=N
     return out if a.joint is None else (out, joint_out)
 
 
-__all__ = ["ring_attention", "ring_pass", "RingLoop", "RingExchange", "Skips", "NO_SKIPS"]
+__all__ = ["ring_attention", "ring_pass", "RingLoop", "Skips", "NO_SKIPS"]
