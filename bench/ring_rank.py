@@ -9,9 +9,10 @@ H=24), D=128, bf16, B=1, and N = 2, 4, 8:
   ring     the rank's S/N queries over N KV blocks of S/N keys (init_state + N steps +
            finalize; the last block is padded, as the ring pads it), through ringsp with the
            automatic dispatch, forced Triton (the fused step), forced cuDNN + one-pass merge,
-           and the peers' way: cuDNN per block + eager float32 merge
+           forced FA4 + one-pass merge (where flash-attn-4 is installed), and the peers' way:
+           cuDNN per block + eager float32 merge
            `out - sigmoid(lse_blk - lse) * (out - out_blk)` (ring-flash-attn, xDiT, ...).
-  ulysses  the rank's ceil(H/N) heads over the full S (one attn_fwd; and bare cuDNN).
+  ulysses  the rank's ceil(H/N) heads over the full S (one attn_fwd; bare cuDNN; bare FA4).
 T1 = one cuDNN attention over the whole sequence with all heads; bound = T1 / (N * T_rank).
 Times are medians over `--rounds` interleaved rounds of do_bench medians.
 """
@@ -65,7 +66,7 @@ def ring_blocks(S, N, H, g):
 
 def measure_ring(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda, dispatch
+    from ringsp_kernels import cuda, dispatch, fa4
 
     blk, blocks = ring_blocks(S, N, H, g)
     q = torch.randn(1, blk, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -79,6 +80,8 @@ def measure_ring(S, H, N, T1, bench, rounds, g):
 
     fns = {"ringsp[auto]": lambda: ringsp_ring(q, blocks, scale, rk), "ringsp[triton]": forced("triton"),
            "ringsp[cudnn+merge]": forced("cudnn"), "peers": lambda: peers_ring(q, blocks, scale, cuda.cudnn_attn)}
+    if fa4.available():
+        fns["ringsp[fa4+merge]"] = forced("fa4")
     fns["ringsp[auto]"]()  # resolves the dispatch (a class no table knows is measured now)
     ms = timed(fns, bench, rounds)
     key = dispatch.class_key(cuda.device_name(q.get_device()), q.dtype, D, H, 1, blk, blk, "step")
@@ -96,11 +99,13 @@ def full_attention_ms(S, H, g, bench, rounds):
 
 def measure_ulysses(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda
+    from ringsp_kernels import cuda, fa4
 
     h = math.ceil(H / N)
     q, k, v = (torch.randn(1, S, h, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     fns = {"ringsp[auto]": lambda: rk.attn_fwd(q, k, v), "cudnn": lambda: cuda.cudnn_attn(q, k, v, D ** -0.5, S)}
+    if fa4.available():
+        fns["fa4"] = lambda: fa4.attention(q, k, v, D ** -0.5, S)
     fns["ringsp[auto]"]()
     ms = timed(fns, bench, rounds)
     return {"heads": h, "ms": ms, "bound": {n: T1 / (N * t) for n, t in ms.items()}}
@@ -146,15 +151,16 @@ def main():
 
 def print_shape(name, e):
     print(f"\n## {name}: S={e['S']} H={e['H']} D={D}  T1 (cuDNN, whole sequence) {e['T1_ms']:.3f} ms", flush=True)
-    cols = ["ringsp[auto]", "ringsp[triton]", "ringsp[cudnn+merge]", "peers"]
-    print(f"  {'N':>2s} {'ring T_rank ms: ' + ' / '.join(cols):72s} bound T1/(N*T_rank)     ulysses bound (auto, cudnn)")
+    cols = [c for c in ("ringsp[auto]", "ringsp[triton]", "ringsp[cudnn+merge]", "ringsp[fa4+merge]", "peers")
+            if c in next(iter(e["ring"].values()))["ms"]]
+    print(f"  {'N':>2s} {'ring T_rank ms: ' + ' / '.join(cols):72s} bound T1/(N*T_rank)     ulysses bound (auto, cudnn[, fa4])")
     for N, r in e["ring"].items():
         u = e["ulysses"][N]
         ms = " / ".join(f"{r['ms'][c]:.3f}" for c in cols)
         bound = " / ".join(f"{r['bound'][c]:.3f}" for c in cols)
         path = (r["dispatch"] or {}).get("path", "?")
-        print(f"  {N:>2s} {ms:72s} {bound}  [{path}]  H={u['heads']}: "
-              f"{u['bound']['ringsp[auto]']:.3f}, {u['bound']['cudnn']:.3f}", flush=True)
+        ub = ", ".join(f"{u['bound'][c]:.3f}" for c in ("ringsp[auto]", "cudnn", "fa4") if c in u["bound"])
+        print(f"  {N:>2s} {ms:72s} {bound}  [{path}]  H={u['heads']}: {ub}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """CUDA implementations of the ringsp ops, registered for the CUDA key.
 
-Attention runs in the fused Triton kernel (triton_attn.py) or, where cuDNN is faster for a
-shape class, as cuDNN attention with LSE followed by the one-pass Triton merge -- so users
-never pay for the slower path. dispatch.py decides per (device, dtype, head dim, heads,
+Attention runs in the fused Triton kernel (triton_attn.py) or, where a vendor kernel is
+faster for a shape class -- cuDNN, or FlashAttention-4 where installed (fa4.py) -- as that
+kernel with LSE followed by the one-pass Triton merge, so users never pay for the slower path. dispatch.py decides per (device, dtype, head dim, heads,
 size class, op) from its tables, measuring a class no table knows once (local mode only;
 see dispatch.py for the rank-consistent mode). Each exact shape's plan (path + Triton
 config) is then kept here, so a call costs one dict lookup before its launch.
 
-RINGSP_CUDA_ATTN=triton|cudnn forces a path (auto by default); it is read once, at import
+RINGSP_CUDA_ATTN=triton|cudnn|fa4 forces a path (auto by default); it is read once, at import
 -- set_forced() / forced() change it later. A forced path never triggers a measurement.
 """
 import contextlib
@@ -17,12 +17,12 @@ import os
 
 import torch
 
-from . import dispatch, timing
+from . import dispatch, fa4, timing
 from .triton_attn import capability, configs, launch
 from .triton_merge import launch_merge
 
 log = logging.getLogger("ringsp")
-CHOICES = ("auto", "triton", "cudnn")
+CHOICES = ("auto", "triton", "cudnn", "fa4")
 _PLANS = {}  # (device, q.shape, Sk, dtype, op, forced path) -> (path, config)
 _NAMES = {}  # device index -> device name
 _CUDNN = torch.ops.aten._scaled_dot_product_cudnn_attention.default
@@ -32,7 +32,9 @@ dispatch.on_change(_PLANS.clear)
 
 def _validated(value):
     if value not in CHOICES:
-        raise ValueError(f"RINGSP_CUDA_ATTN must be auto, triton or cudnn, got {value!r}")
+        raise ValueError(f"RINGSP_CUDA_ATTN must be one of {', '.join(CHOICES)}, got {value!r}")
+    if value == "fa4" and not fa4.available():
+        raise ValueError(f"RINGSP_CUDA_ATTN=fa4: {fa4.why_unavailable()} (pip install 'ringsp[fa4]')")
     return value
 
 
@@ -40,7 +42,8 @@ _forced = os.environ.get("RINGSP_CUDA_ATTN", "auto")  # validated on first use, 
 
 
 def set_forced(path):
-    """Forces 'triton' or 'cudnn' for every shape ('auto' or None: the dispatch tables)."""
+    """Forces 'triton', 'cudnn' or 'fa4' for every shape it can run ('auto' or None: the
+    dispatch tables); shapes the forced vendor kernel refuses run Triton."""
     global _forced
     _forced = _validated(path or "auto")  # plans are keyed on it: switching back and forth is cheap
 
@@ -61,7 +64,7 @@ def versions():
     import triton
 
     return {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version()}
+            "cudnn": torch.backends.cudnn.version(), "fa4": fa4.version()}
 
 
 def device_name(index):
@@ -89,6 +92,14 @@ def cudnn_attn(q, k, v, scale, kv_len):
     return res[0].transpose(1, 2), lse.float()
 
 
+def usable_paths(q):
+    """The paths that can run this query's shape class in this process."""
+    return {"triton"} | ({"cudnn"} if cudnn_ok(q) else set()) | ({"fa4"} if fa4.usable(q) else set())
+
+
+_VENDOR = {"cudnn": cudnn_attn, "fa4": fa4.attention}  # path -> fn(q, k, v, scale, kv_len) -> (out, lse)
+
+
 def _plan(q, k, v, scale, kv_len, op):
     key = (q.get_device(), q.shape, k.shape[1], q.dtype, op, _forced)
     plan = _PLANS.get(key)
@@ -99,10 +110,10 @@ def _plan(q, k, v, scale, kv_len, op):
     return plan
 
 
-def _demote(q, k, op, error):
-    """cuDNN refused a shape its class chose it for: this shape runs Triton from now on."""
-    log.warning("ringsp: cuDNN attention failed for %s (%s); using the Triton kernel for this shape",
-                tuple(q.shape), str(error).splitlines()[0][:200])
+def _demote(q, k, op, path, error):
+    """A vendor kernel refused a shape its class chose it for: this shape runs Triton from now on."""
+    log.warning("ringsp: %s attention failed for %s (%s); using the Triton kernel for this shape",
+                path, tuple(q.shape), (str(error).splitlines() or [""])[0][:200])
     key = (q.get_device(), q.shape, k.shape[1], q.dtype, op, _forced)
     _PLANS[key] = ("triton", _PLANS.get(key, (None, None))[1])
 
@@ -117,9 +128,8 @@ def _make_plan(q, k, v, scale, kv_len, op):
     if forced == "auto" and not capturing:  # no timing inside a CUDA graph capture
         measure = functools.partial(_measure, q, k, v, scale, kv_len, op, key)
     entry = dispatch.resolve(key, measure)
-    path = entry["path"] if forced == "auto" else forced
-    if not cudnn_ok(q):
-        path = "triton"
+    usable = usable_paths(q)
+    path = dispatch.choose(entry, usable) if forced == "auto" else (forced if forced in usable else "triton")
     return (path, tuple(entry["config"])), not capturing
 
 
@@ -128,8 +138,9 @@ def _cfg_name(cfg):
 
 
 def _measure(q, k, v, scale, kv_len, op, key):
-    """Times every Triton config and cuDNN(+merge) on this call's inputs, writing into
-    scratch buffers (the caller's state is not touched); returns the dispatch entry."""
+    """Times every Triton config and each usable vendor kernel (+merge for a step) on this
+    call's inputs, writing into scratch buffers (the caller's state is not touched);
+    returns the dispatch entry."""
     has_state = op == "step"
     B, Sq, H, _ = q.shape
     out = torch.zeros(q.shape, dtype=torch.float32 if has_state else q.dtype, device=q.device)
@@ -137,20 +148,20 @@ def _measure(q, k, v, scale, kv_len, op, key):
     fns = {}
     for cfg in configs(capability(q.get_device())[0], q.shape[3]):
         fns[_cfg_name(cfg)] = (cfg, functools.partial(launch, q, k, v, out, lse, scale, kv_len, has_state, cfg))
-    if cudnn_ok(q):
-        fns["cudnn"] = (None, functools.partial(_cudnn_run, q, k, v, scale, kv_len, out, lse, has_state))
+    for path in sorted(usable_paths(q) - {"triton"}):
+        fns[path] = (None, functools.partial(_vendor_run, path, q, k, v, scale, kv_len, out, lse, has_state))
     samples = timing.compare({n: f for n, (_, f) in fns.items()})
     ms = {n: timing.quartiles(s)[1] for n, s in samples.items()}
     order = timing.ranked(samples)
-    tri = [n for n in order if n != "cudnn"]
+    tri = [n for n in order if n in fns and fns[n][0] is not None]
     config = list(fns[tri[0]][0]) if tri else dispatch.default_config(q.shape[3])
-    path = "cudnn" if order[0] == "cudnn" or not tri else "triton"
+    path = dispatch.path_of(order[0])
     log.info("ringsp: %s -> %s %s (%s)", key, path, config, ", ".join(f"{n} {t:.4f} ms" for n, t in ms.items()))
     return {"path": path, "config": config, "ms": ms}
 
 
-def _cudnn_run(q, k, v, scale, kv_len, out, lse, has_state):
-    o, l_blk = cudnn_attn(q, k, v, scale, kv_len)
+def _vendor_run(path, q, k, v, scale, kv_len, out, lse, has_state):
+    o, l_blk = _VENDOR[path](q, k, v, scale, kv_len)
     if has_state:
         launch_merge(out, lse, o, l_blk)
 
@@ -174,12 +185,12 @@ def attn_fwd(q, k, v, scale=None, kv_len=None):
     config = None
     if q.is_cuda:
         path, config = _plan(q, k, v, scale, kv_len, "fwd")
-        if path == "cudnn":
+        if path in _VENDOR:
             try:
-                out, lse = cudnn_attn(q, k, v, scale, kv_len)
+                out, lse = _VENDOR[path](q, k, v, scale, kv_len)
                 return (out if out.is_contiguous() else out.contiguous()), lse
-            except RuntimeError as e:
-                _demote(q, k, "fwd", e)
+            except (RuntimeError, AssertionError) as e:  # FA4 checks its inputs with asserts
+                _demote(q, k, "fwd", path, e)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     launch(q, k, v, out, lse, scale, kv_len, False, config)
@@ -194,15 +205,15 @@ def attn_step_(q, k, v, acc, lse, scale=None, kv_len=None):
     scale = D ** -0.5 if scale is None else float(scale)
     work, back = _unit_stride(acc)
     path, config = _plan(q, k, v, scale, kv_len, "step") if q.is_cuda else ("triton", None)
-    if path == "cudnn":
+    if path in _VENDOR:
         try:
-            out, lse_blk = cudnn_attn(q, k, v, scale, kv_len)
-        except RuntimeError as e:
-            _demote(q, k, "step", e)
+            out, lse_blk = _VENDOR[path](q, k, v, scale, kv_len)
+        except (RuntimeError, AssertionError) as e:
+            _demote(q, k, "step", path, e)
             path = "triton"
         else:
             launch_merge(work, lse, out, lse_blk)
-    if path != "cudnn":
+    if path not in _VENDOR:
         launch(q, k, v, work, lse, scale, kv_len, True, config)
     if back is not None:
         back.copy_(work)

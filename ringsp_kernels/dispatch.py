@@ -3,7 +3,11 @@
 A class is (device name, dtype, head dim, heads, size class, op): the size class is the
 power-of-two bucket of B, Sq and Sk (k's buffer length, not kv_len, so that ranks whose
 last block carries padding still land in the same class), op is "fwd" or "step". An entry
-is {"path": "triton" | "cudnn", "config": [BLOCK_M, BLOCK_N, warps, stages, warp_spec], ...}.
+is {"path": "triton" | "cudnn" | "fa4", "config": [BLOCK_M, BLOCK_N, warps, stages, warp_spec],
+"ms": {candidate: median ms}}: the fastest path measured and the best Triton config. Where
+the entry's path cannot run in this process (FA4 not installed, cuDNN refusing the dtype),
+choose() takes the fastest of the measured candidates that can, so a table measured with
+FA4 installed serves users without it.
 
 Where an entry comes from:
   local mode (default, one process):  this process's resolved classes, then the disk cache
@@ -35,7 +39,7 @@ import tempfile
 log = logging.getLogger("ringsp")
 
 FORMAT = 1
-PATHS = ("triton", "cudnn")
+PATHS = ("triton", "cudnn", "fa4")
 OPS = ("fwd", "step")
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "dispatch.json")
 
@@ -222,6 +226,22 @@ def fallback(key, table):
     if best is None:
         return {"path": "triton", "config": default_config(want["D"]), "source": "default"}
     return {"path": best[1]["path"], "config": list(best[1]["config"]), "source": f"nearest {best[0][1]}"}
+
+
+def path_of(candidate):
+    """The path of a timing's candidate name ("triton:128,64,8,3,0" -> "triton")."""
+    return candidate.split(":", 1)[0]
+
+
+def choose(entry, usable):
+    """The path to run for `entry` among the `usable` paths (a set that holds "triton"): the
+    entry's own, else the fastest usable candidate its timings name, else Triton. A pure
+    function of its arguments."""
+    if entry["path"] in usable:
+        return entry["path"]
+    timed = [(t, path_of(name)) for name, t in (entry.get("ms") or {}).items()
+             if path_of(name) in usable and isinstance(t, (int, float))]
+    return min(timed)[1] if timed else "triton"
 
 
 def consistent():

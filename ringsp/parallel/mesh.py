@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ringsp_kernels import dispatch
+from ringsp_kernels import dispatch, fa4
 
 from .agreement import agree
 from .config import ParallelConfig
@@ -95,7 +95,10 @@ def init_parallel(config, group=None, timeout=None):
     if config.world_size != world:
         error = ValueError(f"config {config} needs {config.world_size} ranks but the group has {world}")
     fields = {"ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree,
-              "cfg_degree": config.cfg_degree, "world_size": world}
+              "cfg_degree": config.cfg_degree, "world_size": world,
+              # rank 0's kernel table names FA4 where it was fastest: each rank picks among the
+              # paths it can run, so ranks must be able to run the same ones
+              "FlashAttention-4 path": fa4.version() if fa4.available() else "unavailable"}
     agree(group, "init_parallel", fields, error, cache=False)  # rare: always exchange
     parent_ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
     me = parent_ranks[rank]

@@ -308,3 +308,23 @@ def test_tune_measures_missing_classes_and_writes_the_table(monkeypatch, tmp_pat
     assert table[key(Sq=1000, Sk=1000, H=4, op="fwd")] == T and table[key(Sq=1000, Sk=1000, H=4)]["path"] == "cudnn"
     assert "1 measured, 1 from the cache" in capsys.readouterr().out
     assert len(tune.ring_classes()) == 18 and all(c[4] == 128 for c in tune.ring_classes())
+
+
+def test_choose_takes_the_fastest_path_this_process_can_run():
+    entry = {"path": "fa4", "config": [128, 128, 8, 3, True],
+             "ms": {"triton:128,128,8,3,1": 2.9, "triton:128,64,8,3,1": 2.7, "cudnn": 2.8, "fa4": 2.4}}
+    assert dispatch.choose(entry, {"triton", "cudnn", "fa4"}) == "fa4"
+    assert dispatch.choose(entry, {"triton", "cudnn"}) == "triton"  # the best Triton config is faster
+    assert dispatch.choose(dict(entry, ms={**entry["ms"], "cudnn": 2.5}), {"triton", "cudnn"}) == "cudnn"
+    assert dispatch.choose(entry, {"triton"}) == "triton"
+    # an entry without timings (an older table) whose path cannot run: Triton
+    assert dispatch.choose({"path": "fa4", "config": [64, 64, 4, 2, False]}, {"triton", "cudnn"}) == "triton"
+    assert dispatch.path_of("triton:128,64,8,3,1") == "triton" and dispatch.path_of("cudnn") == "cudnn"
+    assert dispatch.valid_entry(entry)
+
+
+def test_a_table_naming_fa4_loads_and_resolves_without_fa4(tmp_path):
+    entry = {"path": "fa4", "config": [128, 128, 8, 3, True], "ms": {"triton:128,128,8,3,1": 3.0, "cudnn": 2.0, "fa4": 1.0}}
+    dispatch.write_table(dispatch.SHIPPED, {key(): entry})
+    got = dispatch.resolve(key())
+    assert got["path"] == "fa4" and dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"

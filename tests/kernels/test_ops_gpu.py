@@ -1,5 +1,5 @@
-"""The CUDA backend at real sizes in bf16/fp16 (Triton, cuDNN+merge and the automatic
-dispatch), against float64 attention on the GPU, row by row. Skipped without CUDA.
+"""The CUDA backend at real sizes in bf16/fp16 (Triton, cuDNN+merge, FA4+merge where
+installed, and the automatic dispatch), against float64 attention on the GPU, row by row. Skipped without CUDA.
 
 Tolerances: the worst row's max-abs error divided by that row's max |out|, and the max
 |lse error|, at about 5x what the kernels' arithmetic gives (emulated in float32 with P
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ringsp_kernels as rk
-from ringsp_kernels import cuda, dispatch, fast_launch, triton_attn
+from ringsp_kernels import cuda, dispatch, fa4, fast_launch, triton_attn
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -48,9 +48,12 @@ def assert_rows_close(out, lse, ref_out, ref_lse, dtype, what):
         f"{what}: worst row error / row max {ratio:.2e} (tol {rtol:.0e}), max lse error {lse_err:.2e} (tol {ltol:.0e})"
 
 
-@pytest.fixture(params=["triton", "cudnn", "auto"])
+@pytest.fixture(params=["triton", "cudnn", "fa4", "auto"])
 def path(request):
-    """Forced paths, and 'auto' in the rank-consistent mode (installed table, no timing)."""
+    """Forced paths (FA4 where installed), and 'auto' in the rank-consistent mode (installed
+    table, no timing)."""
+    if request.param == "fa4" and not fa4.available():
+        pytest.skip(f"FA4 path unavailable: {fa4.why_unavailable()}")
     if request.param == "auto":
         cuda.device_name(torch.cuda.current_device())  # sets the versions: the disk cache is readable
         dispatch.install(dispatch.snapshot())

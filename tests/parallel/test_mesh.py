@@ -110,3 +110,26 @@ def _kernel_choices_after_init(world):
 def test_init_parallel_gives_every_rank_rank0s_kernel_choices():
     results = run_distributed(3, _kernel_choices_after_init, 3)
     assert {choice for choice, _ in results} == {"cudnn"} and len({fp for _, fp in results}) == 1
+
+
+def _init_with_fa4_on_rank(fa4_rank):
+    """One rank can run the FlashAttention-4 path, the others cannot."""
+    from ringsp_kernels import fa4
+
+    saved = fa4.available, fa4.version  # pool workers live on: put them back
+    if dist.get_rank() == fa4_rank:
+        fa4.available, fa4.version = (lambda: True), (lambda: "4.0.0b36")
+    try:
+        init_parallel(ParallelConfig(ulysses_degree=dist.get_world_size()), timeout=30)
+    except ValueError as e:
+        return str(e)
+    finally:
+        fa4.available, fa4.version = saved
+    return "no error"
+
+
+def test_ranks_that_differ_in_the_fa4_path_fail_fast():
+    """Rank 0's kernel table may name FA4; a rank that cannot run it would choose another
+    kernel, and its replicated text outputs would differ: every rank refuses at init."""
+    messages = run_distributed(2, _init_with_fa4_on_rank, 1)
+    assert all("FlashAttention-4 path: rank 0 has unavailable, rank 1 has 4.0.0b36" in m for m in messages), messages
