@@ -5,12 +5,15 @@
 import json
 import sys
 
-COLUMNS = ["attn_fwd", "step_chain4", "attn_fwd[cudnn]", "step_chain4[cudnn]", "attn_fwd[auto]", "step_chain4[auto]",
-           "cudnn", "flash", "cudnn4+eager_merge", "cudnn4+fused_merge"]
+_COLUMNS = ["attn_fwd", "step_chain4", "attn_fwd[cudnn]", "step_chain4[cudnn]", "attn_fwd[auto]", "step_chain4[auto]",
+            "cudnn", "flash", "cudnn4+eager_merge", "cudnn4+fused_merge"]
+FA4_COLUMNS = ["attn_fwd[fa4]", "step_chain4[fa4]", "fa4"]  # reports of runs with flash-attn-4 installed
 
 
 def render(report):
     meta = report["meta"]
+    has_fa4 = any("fa4" in e["tflops"] for e in report["shapes"].values())
+    COLUMNS = _COLUMNS + (FA4_COLUMNS if has_fa4 else [])
     lines = [f"Device {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
              f"cuDNN {meta['cudnn']}, {meta['date']}; `{meta['command']}`", "",
              "| shape (B=1, bf16) | " + " | ".join(COLUMNS) + " | fwd / cuDNN | chain4 / fwd | chain4 / fwd (auto) "

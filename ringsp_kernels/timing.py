@@ -1,8 +1,11 @@
 """Adaptive timing of competing kernels: sample them in alternation until the gap between
 the two best is larger than their spread (or too small to matter), within a cap.
 
-Each sample times `reps` back-to-back calls between two CUDA events, so a kernel shorter
-than its launch is timed as the pipeline sees it (host-bound), not as an isolated kernel.
+Each sample times `reps` back-to-back calls (at least ~2 ms of them) between two CUDA
+events, recorded behind a short GPU spin so the host queues the calls before the clock
+starts: a candidate is timed as a pipeline of calls sees it -- its GPU time where the host
+keeps ahead, its host time where it cannot (a library with a slow Python wrapper on a short
+block) -- not charged the latency of its first launch. A ring of N steps is such a pipeline.
 The decision rules (settled, prune) are pure functions, tested on the CPU.
 """
 import statistics
@@ -42,6 +45,9 @@ def ranked(samples):
     return sorted(samples, key=lambda n: (quartiles(samples[n])[1], n))
 
 
+SPIN_CYCLES = 1_000_000  # ~0.5 ms of GPU clock: the host's head start in queueing a sample
+
+
 class _Clock:
     """CUDA events around a batch of calls (wall clock on a CPU, for tests)."""
 
@@ -51,6 +57,7 @@ class _Clock:
             import torch
 
             self.torch = torch
+            self.spin = getattr(torch.cuda, "_sleep", None)
 
     def time(self, fn, reps):
         if not self.cuda:
@@ -60,6 +67,8 @@ class _Clock:
             return (time.perf_counter() - t0) * 1e3 / reps
         ev = self.torch.cuda.Event
         start, end = ev(enable_timing=True), ev(enable_timing=True)
+        if self.spin is not None:
+            self.spin(SPIN_CYCLES)
         start.record()
         for _ in range(reps):
             fn()
@@ -68,7 +77,7 @@ class _Clock:
         return start.elapsed_time(end) / reps
 
 
-def compare(fns, cuda=True, min_samples=3, max_samples=30, budget_s=2.0, sample_ms=0.5):
+def compare(fns, cuda=True, min_samples=3, max_samples=30, budget_s=2.0, sample_ms=2.0):
     """Times each callable of `fns` (name -> fn) and returns name -> per-call ms samples.
 
     A candidate that raises on its first call (a config the compiler refuses, a shape the
