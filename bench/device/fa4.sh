@@ -12,6 +12,7 @@
 #            a candidate -> OUTDIR/dispatch_table.json (to ship)
 #   kernels  bench/kernels.py with FA4 rows
 #   ring     bench/ring_rank.py with FA4 columns
+# .fa4/ is made here by bench/device/fa4_fetch.sh.
 # Usage (repo root): bash bench/device/fa4.sh OUTDIR [stage ...]
 set -uo pipefail
 out=${1:?usage: bash bench/device/fa4.sh OUTDIR [stash|install|tests|tune|kernels|ring ...]}
@@ -61,16 +62,7 @@ if has tests; then
   rm -f "$RINGSP_ERR_LOG"
   timeout 160 python3 -m pytest tests/kernels/test_ops_gpu.py tests/kernels/test_fa4.py -q -p no:cacheprovider -rfE \
     2>&1 | tail -25 | tee -a "$log" || true
-  python3 - "$RINGSP_ERR_LOG" <<'EOF' 2>&1 | tee -a "$log" || true
-import collections, json, sys
-worst = collections.defaultdict(lambda: [0.0, 0.0])
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    w = worst[" ".join(r["check"].split()[:2]).split("(")[0] + " " + r["dtype"]]
-    w[0], w[1] = max(w[0], r["row_ratio"]), max(w[1], r["lse"])
-for kind, (ratio, lse) in sorted(worst.items()):
-    print(f"  {kind:40s} row err/row max {ratio:.2e}  lse {lse:.2e}")
-EOF
+  python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
 fi
 if has tune; then
   step "tune (every shipped class, FA4 a candidate)"

@@ -18,13 +18,4 @@ for t in tests/kernels/test_ops_gpu.py tests/kernels/test_fp8_gpu.py tests/kerne
   timeout 200 python3 -m pytest "$t" -q -p no:cacheprovider -rfE 2>&1 | tail -15 | tee -a "$log" || true
 done
 echo "### worst achieved errors (per check kind, dtype)" | tee -a "$log"
-python3 - "$RINGSP_ERR_LOG" <<'PY' 2>&1 | tee -a "$log" || true
-import collections, json, sys
-worst = collections.defaultdict(lambda: [0.0, 0.0])
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    w = worst[" ".join(r["check"].split()[:2]).split("(")[0] + " " + r["dtype"]]
-    w[0], w[1] = max(w[0], r["row_ratio"]), max(w[1], r["lse"])
-for kind, (ratio, lse) in sorted(worst.items()):
-    print(f"  {kind:40s} row err/row max {ratio:.2e}  lse {lse:.2e}")
-PY
+python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true

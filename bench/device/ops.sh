@@ -30,16 +30,7 @@ timeout 100 python3 -m ringsp_kernels.tune --out "$out/dispatch_table.json" 2>&1
 step "GPU tests (tests/kernels/test_ops_gpu.py)"
 timeout 150 python3 -m pytest tests/kernels/test_ops_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -40 | tee -a "$log" || true
 step "achieved errors (worst per check kind)"
-python3 - "$RINGSP_ERR_LOG" <<'EOF' 2>&1 | tee -a "$log" || true
-import json, sys, collections
-worst = collections.defaultdict(lambda: [0.0, 0.0])
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    kind = " ".join(r["check"].split()[:2]).split("(")[0] + " " + r["dtype"]
-    w = worst[kind]; w[0] = max(w[0], r["row_ratio"]); w[1] = max(w[1], r["lse"])
-for kind, (ratio, lse) in sorted(worst.items()):
-    print(f"  {kind:40s} row err/row max {ratio:.2e}  lse {lse:.2e}")
-EOF
+python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
 step "ops contract + dispatch tests (tests/kernels/test_ops.py, test_dispatch.py)"
 timeout 50 python3 -m pytest tests/kernels/test_ops.py tests/kernels/test_dispatch.py -q -p no:cacheprovider -rfE 2>&1 \
   | tail -8 | tee -a "$log" || true
