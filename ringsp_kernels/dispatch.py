@@ -225,7 +225,10 @@ def fallback(key, table):
                 best = (cand, entry)
     if best is None:
         return {"path": "triton", "config": default_config(want["D"]), "source": "default"}
-    return {"path": best[1]["path"], "config": list(best[1]["config"]), "source": f"nearest {best[0][1]}"}
+    entry = {"path": best[1]["path"], "config": list(best[1]["config"]), "source": f"nearest {best[0][1]}"}
+    if isinstance(best[1].get("ms"), dict):  # choose() then has the nearest class's runners-up
+        entry["ms"] = dict(best[1]["ms"])
+    return entry
 
 
 def path_of(candidate):

@@ -328,3 +328,10 @@ def test_a_table_naming_fa4_loads_and_resolves_without_fa4(tmp_path):
     dispatch.write_table(dispatch.SHIPPED, {key(): entry})
     got = dispatch.resolve(key())
     assert got["path"] == "fa4" and dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"
+
+
+def test_the_fallback_carries_the_nearest_timings_for_choose():
+    entry = {"path": "fa4", "config": [128, 128, 8, 3, True], "ms": {"triton:128,128,8,3,1": 3.0, "cudnn": 2.0, "fa4": 1.0}}
+    got = dispatch.fallback(key(Sq=8192, Sk=8192), {key(Sq=16384, Sk=16384): entry})
+    assert got["path"] == "fa4" and got["ms"] == entry["ms"]
+    assert dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"
