@@ -2,9 +2,10 @@
 
 Attention runs in the fused Triton kernel (triton_attn.py) or, where a vendor kernel is
 faster for a shape class -- cuDNN, or FlashAttention-4 where installed (fa4.py) -- as that
-kernel with LSE followed by the one-pass Triton merge, so users never pay for the slower path. dispatch.py decides per (device, dtype, head dim, heads,
-size class, op) from its tables, measuring a class no table knows once (local mode only;
-see dispatch.py for the rank-consistent mode). Each exact shape's plan (path + Triton
+kernel with LSE followed by the one-pass Triton merge, so users never pay for the slower
+path. dispatch.py decides per (device, dtype, head dim, heads, size class, op) from its
+tables, measuring a class no table knows once (local mode only; see dispatch.py for the
+rank-consistent mode). Each exact shape's plan (path + Triton
 config) is then kept here, so a call costs one dict lookup before its launch.
 
 RINGSP_CUDA_ATTN=triton|cudnn|fa4 forces a path (auto by default); it is read once, at import
