@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CachedKernel
-from .triton_attn import _load_kv, _load_state  # the tile loads the two kernels share
+from .triton_attn import _can_use_desc, _load_kv, _load_state, _scratch  # what the two kernels share
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -219,7 +219,6 @@ TUNE = {
 }
 _KERNELS = {}  # kernel -> CachedKernel
 _SMS = {}  # device index -> multiprocessor count
-_SCRATCH = {}  # (device, stream) -> int8 buffer for in-kernel TMA descriptors
 
 
 def _sms(device):
@@ -246,34 +245,6 @@ def choose_splits(n_tiles, n_blocks, sms, max_splits=4):
     options = [s for s in range(1, max_splits + 1) if s == 1 or n_blocks >= 2 * s]
     best = min(cost(s) for s in options)
     return next(s for s in options if cost(s) <= 1.1 * best)
-
-
-def _scratch(size, align, stream):
-    """Triton's allocator for in-kernel tensor descriptors: one buffer per stream (launches
-    on a stream run in order); a fresh one inside a CUDA graph capture."""
-    if torch.cuda.is_current_stream_capturing():
-        return torch.empty(size, dtype=torch.int8, device="cuda")
-    key = (torch.cuda.current_device(), stream)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.numel() < size:
-        buf = _SCRATCH[key] = torch.empty(max(size, 1 << 16), dtype=torch.int8, device="cuda")
-    return buf
-
-
-def desc_ok(k, v):
-    """K/V readable as one 2-D [B*Sk, H*D] descriptor (Hopper, half precision, heads packed,
-    batches contiguous or B == 1, 16-byte aligned base and rows, D a power of two)."""
-    if k.device.type != "cuda" or k.dtype == torch.float32:
-        return False
-    if torch.cuda.get_device_capability(k.device)[0] < 9:
-        return False
-    d, es = k.shape[3], k.element_size()
-    ok = d == triton.next_power_of_2(d) and d * es >= 16
-    for t in (k, v):
-        ok = ok and t.stride(3) == 1 and t.stride(2) == d
-        ok = ok and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
-        ok = ok and (t.stride(1) * es) % 16 == 0 and t.data_ptr() % 16 == 0
-    return ok
 
 
 def _run(kernel, grid, args, consts, options, key):
@@ -326,7 +297,7 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, variant="persist", confi
     if variant == "split":
         n_splits = splits if splits is not None else choose_splits(n_tiles, triton.cdiv(kv_len, bn), sms)
         n_splits = max(1, min(n_splits, triton.cdiv(max(kv_len, 1), bn)))
-    use_desc = desc_ok(k, v) if use_desc is None else use_desc
+    use_desc = _can_use_desc(k, v) if use_desc is None else use_desc
     if use_desc and not INTERPRET:
         triton.set_allocator(_scratch)
     split_len = triton.cdiv(triton.cdiv(max(kv_len, 1), n_splits), bn) * bn
