@@ -59,7 +59,8 @@ def main(argv=None):
             runs.append(r)
             print(f"run {i + 1}: wall {r['wall_s']:.1f} s, steps " + ", ".join(f"{s:.3f}" for s in r["step_s"])
                   + f" s, first/later {r['first_over_later']:.2f}", flush=True)
-    result = {"command": " ".join(["ringsp", "generate", *gen_args]), "runs": runs, "versions": versions() if torch.cuda.is_available() else {"torch": torch.__version__},
+    meta = versions() if torch.cuda.is_available() else {"torch": torch.__version__}
+    result = {"command": " ".join(["ringsp", "generate", *gen_args]), "runs": runs, "versions": meta,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.json:
         with open(args.json, "w") as f:

@@ -15,14 +15,18 @@ import os
 
 import torch
 
-_state = {"fwd": None, "public": False, "error": None, "capability": {}}
+_state = {"fwd": None, "public": False, "error": None}
+
+
+def _turned_off():
+    return os.environ.get("RINGSP_FA4", "1") == "0"
 
 
 def _load():
     """FA4's forward function, or None with the reason in _state["error"]."""
     if _state["fwd"] is not None or _state["error"] is not None:
         return _state["fwd"]
-    if os.environ.get("RINGSP_FA4", "1") == "0":
+    if _turned_off():
         _state["error"] = "turned off by RINGSP_FA4=0"
         return None
     try:
@@ -52,19 +56,12 @@ def why_unavailable():
 def version():
     """flash-attn-4's installed version (None if absent or turned off), read from its package
     metadata without importing it: measured choices are cached per set of versions."""
-    if os.environ.get("RINGSP_FA4", "1") == "0":
+    if _turned_off():
         return None
     try:
         return importlib.metadata.version("flash-attn-4")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _major(index):
-    cap = _state["capability"].get(index)
-    if cap is None:
-        cap = _state["capability"][index] = torch.cuda.get_device_capability(index)[0]
-    return cap
 
 
 def head_dim_ok(major, head_dim):
@@ -78,7 +75,9 @@ def usable(q):
     """Whether FA4 can take this query's shape class (the dispatcher's candidate check)."""
     if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
         return False
-    return head_dim_ok(_major(q.get_device()), q.shape[3]) and available()
+    from .triton_attn import capability  # cached per device; here, so importing fa4 never needs Triton
+
+    return head_dim_ok(capability(q.get_device())[0], q.shape[3]) and available()
 
 
 def attention(q, k, v, scale, kv_len):

@@ -12,7 +12,7 @@ from ringsp_kernels import dispatch, fa4
 
 @pytest.fixture
 def fresh_fa4(monkeypatch):
-    monkeypatch.setattr(fa4, "_state", {"fwd": None, "public": False, "error": None, "capability": {}})
+    monkeypatch.setattr(fa4, "_state", {"fwd": None, "public": False, "error": None})
     return fa4
 
 
