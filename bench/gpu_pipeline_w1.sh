@@ -10,8 +10,8 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
-python3 bench/kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
-torchrun --nproc_per_node 1 bench/wan_forward.py --resolutions 480p,720p --iters 3 --warmup 1 \
+python3 -m ringsp_bench.attn_kernels --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+torchrun --nproc_per_node 1 -m ringsp_bench.wan_forward --resolutions 480p,720p --iters 3 --warmup 1 \
   --json "$out/wan_forward_w1.json" 2>&1 | tail -25 | tee "$out/wan_forward.txt"
-torchrun --nproc_per_node 1 bench/vae_decode.py --iters 2 --warmup 1 --check \
+torchrun --nproc_per_node 1 -m ringsp_bench.vae_decode --iters 2 --warmup 1 --check \
   --json "$out/vae_decode_w1.json" 2>&1 | tail -25 | tee "$out/vae_decode.txt"

@@ -8,4 +8,4 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 [ -n "${SKIP_TESTS:-}" ] || python3 -m pytest tests/kernels -q -x -p no:cacheprovider 2>&1 | tail -15 | tee "$out/gpu_tests.txt"
-python3 bench/kernels.py --json "$out/kernels.json" "$@" 2>&1 | tee "$out/kernels.txt"
+python3 -m ringsp_bench.attn_kernels --json "$out/kernels.json" "$@" 2>&1 | tee "$out/kernels.txt"

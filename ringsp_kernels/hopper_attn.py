@@ -1,5 +1,5 @@
 """Candidate Hopper kernels for the fused ring step, measured side by side with
-the current kernel and cuDNN by bench/kernel_variants.py before one joins the dispatcher.
+the current kernel and cuDNN by ringsp_bench.kernel_variants before one joins the dispatcher.
 
 `launch(q, k, v, acc, lse, scale, kv_len, has_state, variant=...)` keeps the contract of
 triton_attn.launch: q/k/v [B, S, H, D] (unit stride in D); with has_state, (acc float32
@@ -19,7 +19,7 @@ Variants (VARIANTS):
   split       persist, and when (m-tiles x heads) cannot fill the SMs the KV block is split
               across programs: each writes a float32 partial (out, lse), and one merge
               pass folds the partials and the running state together.
-Measured on an H200 (bench/RESULTS.md, bench/kernel_variants.py): none beats triton_attn.py,
+Measured on an H200 (bench/RESULTS.md, ringsp_bench.kernel_variants): none beats triton_attn.py,
 so the dispatcher does not use them; they are kept with their bench as the starting point for
 the next attempt. (A Gluon warp-specialised kernel was tried too: it did not compile under
 Triton 3.6 and was removed.)
@@ -210,7 +210,7 @@ VARIANTS = {
     "pipe": {64: (128, 128, 8, 3, False), 128: (128, 64, 8, 3, False)},
     "split": {64: (128, 128, 8, 3, False), 128: (128, 128, 8, 3, False)},
 }
-# the short tuning lists bench/kernel_variants.py tries per variant and head dim
+# the short tuning lists ringsp_bench.kernel_variants tries per variant and head dim
 TUNE = {
     "persist": {64: [(128, 128, 8, 3, False), (128, 128, 4, 3, False)],
                 128: [(128, 128, 8, 3, False), (128, 128, 8, 3, True)]},

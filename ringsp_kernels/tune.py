@@ -6,8 +6,8 @@ flash-attn-4 is installed) of shape classes on this GPU and stores it: in the di
                                   [--out TABLE.json] [--force] [--budget-s 3]
 
 Sets: `ring` = one rank's ring steps (Sq = Sk = ceil(S/N)) and Ulysses shards (full S,
-ceil(H/N) heads) of Wan 480p/720p and Qwen-Image 1328^2 for N = 2, 4, 8 (bench/ring_rank.py);
-`kernels` = the shapes of bench/kernels.py (attn_fwd over S, steps over S/4 blocks).
+ceil(H/N) heads) of Wan 480p/720p and Qwen-Image 1328^2 for N = 2, 4, 8 (ringsp_bench.ring_rank);
+`kernels` = the shapes of ringsp_bench.attn_kernels (attn_fwd over S, steps over S/4 blocks).
 Classes already in the disk cache are skipped unless --force. bf16, B=1.
 """
 import argparse
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-# (name, S, H, D): the kernel benchmark's shapes (bench/kernels.py)
+# (name, S, H, D): the kernel benchmark's shapes (ringsp_bench.attn_kernels)
 KERNEL_SHAPES = [
     ("wan1.3b-480p", 32760, 12, 128),
     ("wan1.3b-half", 16380, 12, 128),
@@ -26,7 +26,7 @@ KERNEL_SHAPES = [
     ("qwen-1328", 7146, 24, 128),
     ("d64", 16380, 24, 64),
 ]
-# (name, S, H): the models whose per-rank ring work bounds SP speed-ups (bench/ring_rank.py)
+# (name, S, H): the models whose per-rank ring work bounds SP speed-ups (ringsp_bench.ring_rank)
 RING_SHAPES = [("wan-480p", 32760, 12), ("wan-720p", 75600, 12), ("qwen-1328", 7146, 24)]
 DEGREES = (2, 4, 8)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU (world size 1): torch.compile and piecewise CUDA graphs under SP.
-#  1. bench/wan_forward.py, Wan2.1-T2V-1.3B 480p/81f: ringsp and diffusers, eager and compiled
+#  1. ringsp_bench.wan_forward, Wan2.1-T2V-1.3B 480p/81f: ringsp and diffusers, eager and compiled
 #     the same way (regional: compile_repeated_blocks(fullgraph=True)) -> wan_compile_w1.json
-#  2. bench/qwen_forward.py, Qwen-Image 1024x1024 (200 of 256 text tokens valid): ringsp eager,
+#  2. ringsp_bench.qwen_forward, Qwen-Image 1024x1024 (200 of 256 text tokens valid): ringsp eager,
 #     compiled, compiled + CUDA graphs -> qwen_compile_w1.json
 #  3. tests/models/test_compile_gpu.py: Inductor and CUDA graphs equal eager on tiny models
 #  4. ringsp generate --compile --cuda-graphs --compare-single on tiny-wan (CUDA)
@@ -19,12 +19,12 @@ start=$(date +%s)
 step() { echo "[compile.sh] $1 ($(( $(date +%s) - start )) s)"; }
 
 step "wan forward"
-timeout 150 python3 bench/wan_forward.py --resolutions 480p --iters 3 --warmup 1 --compile --skip-diffusers-cp \
+timeout 150 python3 -m ringsp_bench.wan_forward --resolutions 480p --iters 3 --warmup 1 --compile --skip-diffusers-cp \
   --json "$out/wan_compile_w1.json" > "$logs/wan_compile.txt" 2>&1 || true
 tail -8 "$logs/wan_compile.txt"
 
 step "qwen forward"
-timeout 170 python3 bench/qwen_forward.py --resolutions 1024 --iters 3 --warmup 1 --compile --cuda-graphs \
+timeout 170 python3 -m ringsp_bench.qwen_forward --resolutions 1024 --iters 3 --warmup 1 --compile --cuda-graphs \
   --skip-single --skip-diffusers-cp --json "$out/qwen_compile_w1.json" > "$logs/qwen_compile.txt" 2>&1 || true
 tail -6 "$logs/qwen_compile.txt"
 

@@ -10,8 +10,8 @@
 #   tests    tests/kernels/test_ops_gpu.py (FA4 forced, next to the other paths)
 #   tune     python -m ringsp_kernels.tune --force: re-measure every shipped class with FA4 as
 #            a candidate -> OUTDIR/dispatch_table.json (to ship)
-#   kernels  bench/kernels.py with FA4 rows
-#   ring     bench/ring_rank.py with FA4 columns
+#   kernels  ringsp_bench.attn_kernels with FA4 rows
+#   ring     ringsp_bench.ring_rank with FA4 columns
 # .fa4/ is made here by bench/device/fa4_fetch.sh.
 # Usage (repo root): bash bench/device/fa4.sh OUTDIR [stage ...]
 set -uo pipefail
@@ -62,7 +62,7 @@ if has tests; then
   rm -f "$RINGSP_ERR_LOG"
   timeout 160 python3 -m pytest tests/kernels/test_ops_gpu.py tests/kernels/test_fa4.py -q -p no:cacheprovider -rfE \
     2>&1 | tail -25 | tee -a "$log" || true
-  python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
+  python3 -m ringsp_bench.worst_errors "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
 fi
 if has tune; then
   step "tune (every shipped class, FA4 a candidate)"
@@ -70,10 +70,10 @@ if has tune; then
 fi
 if has kernels; then
   step "kernels"
-  timeout 170 python3 bench/kernels.py --reps 40 --rounds 2 --json "$out/kernels_fa4.json" 2>&1 \
+  timeout 170 python3 -m ringsp_bench.attn_kernels --reps 40 --rounds 2 --json "$out/kernels_fa4.json" 2>&1 \
     | grep -E "^#|^##|attn_fwd|chain4|fa4|cudnn |auto /" | tee -a "$log" || true
 fi
 if has ring; then
   step "ring_rank"
-  timeout 220 python3 bench/ring_rank.py --reps 40 --json "$out/ring_rank_fa4.json" 2>&1 | tee -a "$log" || true
+  timeout 220 python3 -m ringsp_bench.ring_rank --reps 40 --json "$out/ring_rank_fa4.json" 2>&1 | tee -a "$log" || true
 fi

@@ -3,8 +3,8 @@
 #  - tests/kernels/test_fp8_gpu.py: the Triton kernels against fp8_reference and float64
 #    (every autotuning config, chains mixing precisions, NaN padding, empty blocks), then the
 #    CPU tests of test_fp8.py;
-#  - bench/fp8.py: TFLOP/s and accuracy of ringsp fp8/int8 (attn_fwd, 4-step chain) next to
-#    ringsp bf16, cuDNN bf16 and SageAttention 1.0.6 on the five shapes of bench/kernels.py.
+#  - ringsp_bench.fp8: TFLOP/s and accuracy of ringsp fp8/int8 (attn_fwd, 4-step chain) next to
+#    ringsp bf16, cuDNN bf16 and SageAttention 1.0.6 on the five shapes of ringsp_bench.attn_kernels.
 # The tests compile every kernel variant the benchmark uses (Triton's disk cache carries them
 # over). Expected: build (if not already built on this machine), <= 90 s tests, <= 110 s benchmark.
 # Usage: bash bench/device/fp8.sh OUTDIR
@@ -25,7 +25,7 @@ timeout 90 python3 -m pytest tests/kernels/test_fp8_gpu.py tests/kernels/test_fp
 echo "tests: $(( $(date +%s) - t1 )) s" | tee -a "$out/fp8_times.txt"
 
 t2=$(date +%s)
-timeout 110 python3 bench/fp8.py --json "$out/fp8.json" --reps 80 > "$out/fp8_bench.txt" 2>&1 || true
+timeout 110 python3 -m ringsp_bench.fp8 --json "$out/fp8.json" --reps 80 > "$out/fp8_bench.txt" 2>&1 || true
 echo "bench: $(( $(date +%s) - t2 )) s" | tee -a "$out/fp8_times.txt"
 
 echo "=== tests: $(grep -c " PASSED" "$out/fp8_tests.txt") passed (per-test lines), failures and the last line: ==="

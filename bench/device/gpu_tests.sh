@@ -18,4 +18,4 @@ for t in tests/kernels/test_ops_gpu.py tests/kernels/test_fp8_gpu.py tests/kerne
   timeout 200 python3 -m pytest "$t" -q -p no:cacheprovider -rfE 2>&1 | tail -15 | tee -a "$log" || true
 done
 echo "### worst achieved errors (per check kind, dtype)" | tee -a "$log"
-python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
+python3 -m ringsp_bench.worst_errors "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true

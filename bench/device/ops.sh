@@ -3,8 +3,8 @@
 #  1. build;  2. python -m ringsp_kernels.tune: measures the dispatch classes of the benches and
 #  writes the table to ship (OUTDIR/dispatch_table.json -> ringsp_kernels/tables/dispatch.json);
 #  3. tests/kernels/test_ops_gpu.py (then test_ops.py, test_dispatch.py: other helpers' kernel
-#  tests run in their own scripts);  4. bench/overhead.py (host us per call);
-#  5. bench/kernels.py (auto vs min(Triton, cuDNN));  6. bench/ring_rank.py (per-rank bound).
+#  tests run in their own scripts);  4. ringsp_bench.overhead (host us per call);
+#  5. ringsp_bench.attn_kernels (auto vs min(Triton, cuDNN));  6. ringsp_bench.ring_rank (per-rank bound).
 # Writes 5 files: log.txt, dispatch_table.json, overhead.json, kernels.json, ring_rank.json.
 # Expected ~280 s on an H200 (build ~40, tune ~70, GPU tests ~90, rest ~80; per-step timeouts cap it at ~560 s).
 # Usage (repo root, GPU machine): bash bench/device/ops.sh OUTDIR
@@ -30,17 +30,17 @@ timeout 100 python3 -m ringsp_kernels.tune --out "$out/dispatch_table.json" 2>&1
 step "GPU tests (tests/kernels/test_ops_gpu.py)"
 timeout 150 python3 -m pytest tests/kernels/test_ops_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -40 | tee -a "$log" || true
 step "achieved errors (worst per check kind)"
-python3 bench/device/worst_errors.py "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
+python3 -m ringsp_bench.worst_errors "$RINGSP_ERR_LOG" 2>&1 | tee -a "$log" || true
 step "ops contract + dispatch tests (tests/kernels/test_ops.py, test_dispatch.py)"
 timeout 50 python3 -m pytest tests/kernels/test_ops.py tests/kernels/test_dispatch.py -q -p no:cacheprovider -rfE 2>&1 \
   | tail -8 | tee -a "$log" || true
 
 step "overhead"
-timeout 40 python3 bench/overhead.py --json "$out/overhead.json" 2>&1 | tee -a "$log" || true
+timeout 40 python3 -m ringsp_bench.overhead --json "$out/overhead.json" 2>&1 | tee -a "$log" || true
 step "kernels"
-timeout 80 python3 bench/kernels.py --reps 50 --rounds 2 --json "$out/kernels.json" 2>&1 | tee -a "$log" || true
+timeout 80 python3 -m ringsp_bench.attn_kernels --reps 50 --rounds 2 --json "$out/kernels.json" 2>&1 | tee -a "$log" || true
 step "ring_rank"
-timeout 70 python3 bench/ring_rank.py --reps 50 --json "$out/ring_rank.json" 2>&1 | tee -a "$log" || true
+timeout 70 python3 -m ringsp_bench.ring_rank --reps 50 --json "$out/ring_rank.json" 2>&1 | tee -a "$log" || true
 
 step "summary"
 python3 - "$out" <<'EOF' 2>&1 | tee -a "$log" || true

@@ -3,7 +3,7 @@
 #  - tests/parallel/test_usp_gpu.py: the ring's real CUDA stream/event loop as a virtual ring of
 #    R ranks over NCCL self send/receive (delays injected on either stream), the Ulysses receive
 #    layout read in place, and the multi-GPU cases (skipped below their GPU count);
-#  - bench/host_time.py --device cuda: host ms per Qwen-Image layer (diffusers alone vs ringsp u1r1).
+#  - ringsp_bench.host_time --device cuda: host ms per Qwen-Image layer (diffusers alone vs ringsp u1r1).
 # Needs diffusers wheels in .whl/. Usage: bash bench/device/parallel.sh OUTDIR
 set -uo pipefail
 out=${1:-out}; mkdir -p "$out"
@@ -12,5 +12,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
   && export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
 timeout 240 python3 -m pytest tests/parallel/test_usp_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -25 | tee "$out/parallel.txt"
-timeout 150 python3 bench/host_time.py --device cuda --iters 10 --warmup 3 --json "$out/host_time_cuda.json" 2>&1 \
+timeout 150 python3 -m ringsp_bench.host_time --device cuda --iters 10 --warmup 3 --json "$out/host_time_cuda.json" 2>&1 \
   | grep -v "kept in float32" | tail -8 | tee -a "$out/parallel.txt"

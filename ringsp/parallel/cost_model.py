@@ -1,7 +1,7 @@
 """A first-order cost model of one SP attention call, used by `ParallelConfig.auto`.
 
 Every hardware constant lives in `CONSTANTS`. The defaults are rough figures for one H100
-node (NVLink); they are meant to be calibrated by `bench/sp_attention.py`, which measures
+node (NVLink); they are meant to be calibrated by `ringsp_bench.sp_attention`, which measures
 single-device attention throughput, all-to-all and P2P bandwidth on the target machine.
 The model only has to rank configurations, not predict times exactly.
 """

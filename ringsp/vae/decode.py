@@ -17,7 +17,7 @@ __all__ = ["parallel_vae_decode", "DEFAULT_MIN_PARALLEL_PIXELS"]
 
 # Below this many output pixels x frames (batch x frames x height x width) one rank decodes
 # and the others wait: halo exchanges and the final gather cost more than they save.
-# PLACEHOLDER (about one 1024x1024 image), not yet measured: bench/vae_decode.py measures the
+# PLACEHOLDER (about one 1024x1024 image), not yet measured: ringsp_bench.vae_decode measures the
 # crossover on the target GPUs, and this value should be replaced by what it finds.
 DEFAULT_MIN_PARALLEL_PIXELS = 1024 * 1024
 

@@ -1,5 +1,5 @@
 """Every bench/baselines/*.json is self-consistent (each aggregate equals what its parts give),
-and the chain that writes them works: a tiny CPU run of bench/e2e.py -> gen_baselines.py ->
+and the chain that writes them works: a tiny CPU run of ringsp_bench.e2e_generate -> gen_baselines ->
 a baseline that checks out. Hand edits of the kind that leave a total stale are caught."""
 import copy
 import glob
@@ -10,11 +10,8 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from tests.bench import scripts  # noqa: E402
-
-_ROOT = scripts.ROOT
-gen = scripts.load("gen_baselines")
-e2e = scripts.load("e2e")
+from ringsp_bench import e2e_generate as e2e  # noqa: E402
+from ringsp_bench import gen_baselines as gen  # noqa: E402
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(gen.BASELINE_DIR, "*.json"))) or [None])
@@ -28,7 +25,7 @@ def test_committed_baselines_are_consistent(path):
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    """Baselines made from a measured tiny CPU run of bench/e2e.py (1 and 2 gloo processes)."""
+    """Baselines made from a measured tiny CPU run of ringsp_bench.e2e_generate (1 and 2 gloo processes)."""
     tmp = tmp_path_factory.mktemp("e2e")
     report = str(tmp / "e2e.json")
     code = e2e.main(["--device", "cpu", "--model", "tiny-wan", "--configs", "u1r1,u1r2", "--height", "48",

@@ -1,13 +1,10 @@
-"""bench/e2e.py: its argument handling and command lines (a whole CPU run is made by
+"""ringsp_bench.e2e_generate: its argument handling and command lines (a whole CPU run is made by
 tests/bench/test_baselines.py, which turns its output into baselines)."""
 import sys
 
 import pytest
 
-from tests.bench import scripts
-
-_ROOT = scripts.ROOT
-e2e = scripts.load("e2e")
+from ringsp_bench import e2e_generate as e2e
 
 
 def test_defaults():

@@ -1,10 +1,8 @@
-"""bench/fp8.py on CPU: its accuracy helpers and report printing (the run needs a GPU)."""
+"""ringsp_bench.fp8 on CPU: its accuracy helpers and report printing (the run needs a GPU)."""
 import torch
 
 import ringsp_kernels as rk
-from tests.bench import scripts
-
-bench = scripts.load("fp8")
+from ringsp_bench import fp8 as bench
 
 
 def test_float64_rows_is_attention_of_those_rows():

@@ -1,4 +1,4 @@
-"""bench/qwen_forward.py: its helpers, and one whole run on CPU/gloo with a tiny model
+"""ringsp_bench.qwen_forward: its helpers, and one whole run on CPU/gloo with a tiny model
 (the real run needs GPUs; this checks the script, not the speed)."""
 import json
 import os
@@ -13,10 +13,9 @@ pytest.importorskip("diffusers")
 from ringsp.models import configs  # noqa: E402
 from ringsp.models.qwen import qwen_token_count  # noqa: E402
 
-from tests.bench import scripts  # noqa: E402
+from ringsp_bench import qwen_forward as bench  # noqa: E402
 
-_ROOT, _PATH = scripts.ROOT, scripts.path("qwen_forward")
-bench = scripts.load("qwen_forward")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
 
 
 def test_defaults_and_shapes():
@@ -73,9 +72,10 @@ def test_a_wan_config_is_refused():
 
 def test_whole_run_on_cpu(tmp_path):
     out = tmp_path / "qwen.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # `-m` from the checkout: its ringsp_bench and ringsp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           _PATH, "--device", "cpu", "--model", "tiny-qwen", "--grid", "5,7", "--text-len", "8",
+           "-m", "ringsp_bench.qwen_forward",
+           "--device", "cpu", "--model", "tiny-qwen", "--grid", "5,7", "--text-len", "8",
            "--text-valid", "5", "--edit", "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--json", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,11 +1,8 @@
-"""bench/sp_attention.py on CPU: argument parsing and its pure helpers (the run needs GPUs)."""
+"""ringsp_bench.sp_attention on CPU: argument parsing and its pure helpers (the run needs GPUs)."""
 
 import pytest
 
-from tests.bench import scripts
-
-_PATH = scripts.path("sp_attention")
-bench = scripts.load("sp_attention")
+from ringsp_bench import sp_attention as bench
 
 
 def test_defaults():

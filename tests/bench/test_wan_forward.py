@@ -1,4 +1,4 @@
-"""bench/wan_forward.py: its helpers, and one whole run on CPU/gloo with a tiny model
+"""ringsp_bench.wan_forward: its helpers, and one whole run on CPU/gloo with a tiny model
 (the real run needs GPUs; this checks the script, not the speed)."""
 import json
 import os
@@ -9,10 +9,9 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from tests.bench import scripts  # noqa: E402
+from ringsp_bench import wan_forward as bench  # noqa: E402
 
-_ROOT, _PATH = scripts.ROOT, scripts.path("wan_forward")
-bench = scripts.load("wan_forward")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
 
 
 def test_defaults_and_shapes():
@@ -51,9 +50,10 @@ def test_factor_pairs():
 
 def test_whole_run_on_cpu(tmp_path):
     out = tmp_path / "wan.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # `-m` from the checkout: its ringsp_bench and ringsp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           _PATH, "--device", "cpu", "--model", "tiny-t2v", "--latent", "3,6,10", "--text-len", "8",
+           "-m", "ringsp_bench.wan_forward",
+           "--device", "cpu", "--model", "tiny-t2v", "--latent", "3,6,10", "--text-len", "8",
            "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--compile", "--json", str(out)]
     env["RINGSP_COMPILE_BACKEND"] = "aot_eager"  # the compiled rows without Inductor's C++ build
     proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)

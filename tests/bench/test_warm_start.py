@@ -1,11 +1,9 @@
-"""bench/warm_start.py on CPU: two real runs of a tiny model share one cache folder."""
+"""ringsp_bench.warm_start on CPU: two real runs of a tiny model share one cache folder."""
 import statistics
 
 import pytest
 
-from tests.bench import scripts
-
-warm_start = scripts.load("warm_start")
+from ringsp_bench import warm_start
 
 
 def test_two_runs_of_a_tiny_model(tmp_path):

@@ -1,6 +1,6 @@
-"""Renders a bench/kernels.py JSON report as the markdown table used in bench/RESULTS.md.
+"""Renders a ringsp_bench.attn_kernels JSON report as the markdown table used in bench/RESULTS.md.
 
-    python bench/render_kernels.py bench/results/kernels_h100.json
+    python -m ringsp_bench.render_kernels bench/results/kernels_h100.json
 """
 import json
 import sys

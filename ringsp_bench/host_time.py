@@ -1,7 +1,7 @@
 """Host time of one Qwen-Image transformer forward under SP, per layer.
 
-    python bench/host_time.py --json host_cpu.json                  # CPU, gloo, 1 and 2 processes
-    python bench/host_time.py --device cuda --model qwen-image --json host_cuda.json   # one GPU
+    python -m ringsp_bench.host_time --json host_cpu.json                  # CPU, gloo, 1 and 2 processes
+    python -m ringsp_bench.host_time --device cuda --model qwen-image --json host_cuda.json   # one GPU
 
 The image is kept small (default 16 x 16 tokens) so that the device does almost nothing and
 a forward's wall time IS the host's time to issue it: what Python, diffusers' block code, the
@@ -26,8 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import wan_forward as wf  # noqa: E402 - builds a model with random weights in place on the device
+from . import wan_forward as wf  # builds a model with random weights in place on the device
 
 
 def parse_args(argv=None):

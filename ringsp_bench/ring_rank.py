@@ -1,7 +1,7 @@
 """One rank's share of sequence-parallel attention, on one GPU: the bound every SP speed-up
 lives under, since N ranks can at best finish in the time one rank needs for its share.
 
-    python bench/ring_rank.py [--json OUT.json] [--degrees 2,4,8] [--shapes wan-480p,...]
+    python -m ringsp_bench.ring_rank [--json OUT.json] [--degrees 2,4,8] [--shapes wan-480p,...]
                               [--rounds 2] [--reps 60]
 
 For Wan 480p (S=32760, H=12), Wan 720p (S=75600, H=12) and Qwen-Image 1328^2 (S=7146,
@@ -19,16 +19,14 @@ Times are medians over `--rounds` interleaved rounds of do_bench medians.
 import argparse
 import json
 import math
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import timed, versions  # noqa: E402 -- the shared timing and run metadata
+from ringsp_kernels.tune import DEGREES, RING_SHAPES  # `tune --set ring` measures these classes
 
-from ringsp_kernels.tune import DEGREES, RING_SHAPES  # noqa: E402 -- `tune --set ring` measures these classes
+from .attn_kernels import timed, versions  # the shared timing and run metadata
 
 D = 128
 
@@ -120,7 +118,7 @@ def main():
     p.add_argument("--reps", type=int, default=60, help="do_bench window per candidate and round, ms")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/ring_rank.py needs a CUDA GPU")
+        sys.exit("ringsp_bench.ring_rank needs a CUDA GPU")
     import logging
 
     import triton

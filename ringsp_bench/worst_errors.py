@@ -1,5 +1,5 @@
 """The worst error each kind of GPU check reached, from the JSON lines the GPU tests append to
-$RINGSP_ERR_LOG (tests/kernels/test_ops_gpu.py). Usage: python3 bench/device/worst_errors.py FILE"""
+$RINGSP_ERR_LOG (tests/kernels/test_ops_gpu.py). Usage: python3 -m ringsp_bench.worst_errors FILE"""
 import collections
 import json
 import sys

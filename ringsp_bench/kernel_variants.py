@@ -1,10 +1,10 @@
 """Candidate Hopper kernels for the fused ring step side by side with the current
 Triton kernel and cuDNN, in one run.
 
-    python bench/kernel_variants.py [--json OUT.json] [--jobs N] [--quick] [--shapes A,B] [--reps MS]
-    python bench/kernel_variants.py --summarize OUT.json    # the table of a (partial) run
+    python -m ringsp_bench.kernel_variants [--json OUT.json] [--jobs N] [--quick] [--shapes A,B] [--reps MS]
+    python -m ringsp_bench.kernel_variants --summarize OUT.json    # the table of a (partial) run
 
-Shapes (bf16, B=1): the five of bench/kernels.py, and one rank's ring work (q = S/N rows,
+Shapes (bf16, B=1): the five of ringsp_bench.attn_kernels, and one rank's ring work (q = S/N rows,
 the sequence's S keys in N blocks) for Qwen-Image 1328^2 at N = 2, 4, 8 and Wan 480p at N=4.
 Per shape and candidate it times, with triton.testing.do_bench medians:
   fwd    attention of q over all keys in one call (q's dtype out, with LSE)
@@ -316,7 +316,7 @@ def main():
             print(summary(json.load(f)))
         return
     if not torch.cuda.is_available():
-        sys.exit("bench/kernel_variants.py needs a CUDA GPU")
+        sys.exit("ringsp_bench.kernel_variants needs a CUDA GPU")
     import triton
 
     shapes = SHAPES[:2] if args.quick else SHAPES

@@ -1,6 +1,6 @@
 """Kernel benchmark: ringsp's fused ring-step kernels vs cuDNN and flash SDPA, side by side.
 
-    python bench/kernels.py [--json OUT.json] [--sweep] [--quick] [--rounds 3] [--reps 100]
+    python -m ringsp_bench.attn_kernels [--json OUT.json] [--sweep] [--quick] [--rounds 3] [--reps 100]
 
 For every shape (bf16, B=1) it checks the kernels against cuDNN's output and LSE, then
 times and prints TFLOP/s = 4*B*H*Sq*Sk*D / time. Each time is the median over `--rounds`
@@ -205,7 +205,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per candidate")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/kernels.py needs a CUDA GPU (on CPU see bench/kernels_cpu.py)")
+        sys.exit("ringsp_bench.attn_kernels needs a CUDA GPU (on CPU see ringsp_bench.kernels_cpu)")
     import logging
 
     import triton

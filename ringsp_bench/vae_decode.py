@@ -1,10 +1,10 @@
 """VAE decode scaling: ringsp.parallel_vae_decode on N GPUs vs diffusers' vae.decode and its
 enable_tiling() decode on one GPU. One launch per world size, then one report:
 
-    torchrun --nproc-per-node 1 bench/vae_decode.py --json OUT_w1.json
-    torchrun --nproc-per-node 2 bench/vae_decode.py --json OUT_w2.json
-    torchrun --nproc-per-node 4 bench/vae_decode.py --json OUT_w4.json
-    python bench/vae_decode.py --report OUT_w1.json OUT_w2.json OUT_w4.json
+    torchrun --nproc-per-node 1 -m ringsp_bench.vae_decode --json OUT_w1.json
+    torchrun --nproc-per-node 2 -m ringsp_bench.vae_decode --json OUT_w2.json
+    torchrun --nproc-per-node 4 -m ringsp_bench.vae_decode --json OUT_w4.json
+    python -m ringsp_bench.vae_decode --report OUT_w1.json OUT_w2.json OUT_w4.json
 
 Models are built from the published configs (Wan2.1-T2V-1.3B's VAE = AutoencoderKLWan's
 defaults; Qwen-Image's VAE = AutoencoderKLQwenImage's defaults) with random weights, bf16.

@@ -1,9 +1,9 @@
 """8-bit attention benchmark: ringsp's "fp8" and "int8" precisions next to ringsp
 bf16, cuDNN bf16 and SageAttention, with each one's accuracy against float64.
 
-    python bench/fp8.py [--json OUT.json] [--quick] [--reps MS] [--no-sage]
+    python -m ringsp_bench.fp8 [--json OUT.json] [--quick] [--reps MS] [--no-sage]
 
-For the shapes of bench/kernels.py (bf16 inputs, B=1, Sq=Sk=S) it prints and writes
+For the shapes of ringsp_bench.attn_kernels (bf16 inputs, B=1, Sq=Sk=S) it prints and writes
 TFLOP/s = 4*B*H*Sq*Sk*D / median time of:
   fp8 attn_fwd      rk.attn_fwd(q, k, v, precision="fp8"), K/V quantisation included
   fp8 chain4        init_state + 4 rk.attn_step_(..., precision="fp8") over S/4 key blocks + finalize
@@ -18,13 +18,11 @@ outliers (every 8th channel offset by +-30, as in tests/kernels/test_fp8.py).
 """
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import SHAPES, flops, timed, versions  # noqa: E402
+from .attn_kernels import SHAPES, flops, timed, versions
 
 ROWS = 256
 
@@ -160,7 +158,7 @@ def main():
     p.add_argument("--no-sage", action="store_true", help="leave SageAttention out")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/fp8.py needs a CUDA GPU")
+        sys.exit("ringsp_bench.fp8 needs a CUDA GPU")
     import logging
 
     import triton

@@ -1,8 +1,8 @@
 """Wan transformer forward under sequence parallelism: ringsp vs diffusers' context parallel vs 1 GPU.
 
-    torchrun --nproc_per_node 1 bench/wan_forward.py --json wan_fwd_w1.json
-    torchrun --nproc_per_node 2 bench/wan_forward.py --json wan_fwd_w2.json
-    torchrun --nproc_per_node 4 bench/wan_forward.py --json wan_fwd_w4.json
+    torchrun --nproc_per_node 1 -m ringsp_bench.wan_forward --json wan_fwd_w1.json
+    torchrun --nproc_per_node 2 -m ringsp_bench.wan_forward --json wan_fwd_w2.json
+    torchrun --nproc_per_node 4 -m ringsp_bench.wan_forward --json wan_fwd_w4.json
     ... --model wan2.1-t2v-14b    (default wan2.1-t2v-1.3b; published config, random bf16 weights)
 
 One run per world size W. In each run, on the same model and inputs (B=1, text 512 x 4096):

@@ -1,8 +1,8 @@
 """Writes bench/baselines/<case>.json from measured reports, and checks baseline files.
 
-    python bench/gen_baselines.py e2e.json                 # a bench/e2e.py --json file
-    python bench/gen_baselines.py run.json --out DIR       # a `ringsp generate --json` report
-    python bench/gen_baselines.py --check                  # check every bench/baselines/*.json
+    python -m ringsp_bench.gen_baselines e2e.json                 # a ringsp_bench.e2e_generate --json file
+    python -m ringsp_bench.gen_baselines run.json --out DIR       # a `ringsp generate --json` report
+    python -m ringsp_bench.gen_baselines --check                  # check every bench/baselines/*.json
 
 Baselines are never typed: every number in one is either a measured part copied from a
 report (stage times, per-step times, per-rank memory peaks) or an aggregate computed here
@@ -19,15 +19,14 @@ import os
 import statistics
 import sys
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from ringsp.cli.report import check_report, config_label
+from ringsp.cli.timing import STAGES
 
-from ringsp.cli.report import check_report, config_label  # noqa: E402
-from ringsp.cli.timing import STAGES  # noqa: E402
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 BASELINE_DIR = os.path.join(_ROOT, "bench", "baselines")
 SCHEMA = "ringsp.baseline/1"
+GENERATOR = "ringsp_bench.gen_baselines"
 MEASURERS = ("ringsp generate",)
 REL_TOL = 1e-9
 
@@ -56,7 +55,7 @@ def baseline_from_report(report, source_file):
             for m in report["memory"]["per_rank"]],
     }
     case = case_name(report["model"]["name"], report["request"], report["parallel"], report["device"])
-    base = {"schema": SCHEMA, "case": case, "generated_by": "bench/gen_baselines.py", "model": report["model"]["name"],
+    base = {"schema": SCHEMA, "case": case, "generated_by": GENERATOR, "model": report["model"]["name"],
             "source": {"file": os.path.basename(source_file), "measured_by": report["measured_by"],
                        "date": report.get("date"), "device": report.get("device"), "versions": report.get("versions")},
             "request": report["request"], "parallel": report["parallel"], **parts}
@@ -85,8 +84,8 @@ def _max(values):
 def check_baseline(base):
     """Problems of a baseline dict (empty: every aggregate equals the one its parts give)."""
     try:
-        if base.get("schema") != SCHEMA or base.get("generated_by") != "bench/gen_baselines.py":
-            return [f"not a baseline written by bench/gen_baselines.py (schema {base.get('schema')!r})"]
+        if base.get("schema") != SCHEMA or base.get("generated_by") != GENERATOR:
+            return [f"not a baseline written by {GENERATOR} (schema {base.get('schema')!r})"]
         if sorted(base["stages_ms"]) != sorted(STAGES):
             return [f"stages_ms has {sorted(base['stages_ms'])}, expected {sorted(STAGES)}"]
         expected = baseline_aggregates(base)
@@ -106,7 +105,7 @@ def check_baseline(base):
 
 
 def reports_in(path):
-    """The reports in a `ringsp generate --json` file or a bench/e2e.py --json file."""
+    """The reports in a `ringsp generate --json` file or a ringsp_bench.e2e_generate --json file."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if isinstance(data, dict) and data.get("bench") == "e2e":
@@ -139,7 +138,8 @@ def check_dir(folder):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("reports", nargs="*", help="measured JSON reports (ringsp generate --json, bench/e2e.py --json)")
+    p.add_argument("reports", nargs="*",
+                   help="measured JSON reports (ringsp generate --json, ringsp_bench.e2e_generate --json)")
     p.add_argument("--out", default=BASELINE_DIR)
     p.add_argument("--check", action="store_true", help="check the baseline files in --out instead")
     args = p.parse_args(argv)

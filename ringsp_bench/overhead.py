@@ -1,7 +1,7 @@
 """Host cost of the ops: microseconds of CPU time per call, on a shape so small that the GPU
 never sets the pace (B=1, S=128, H=2, D=64, bf16 by default).
 
-    python bench/overhead.py [--json OUT.json] [--calls 2000] [--seq 128] [--heads 2] [--head-dim 64]
+    python -m ringsp_bench.overhead [--json OUT.json] [--calls 2000] [--seq 128] [--heads 2] [--head-dim 64]
 
 Each row issues `--calls` calls in a loop without synchronising and reports the loop's wall
 time per call (host_us); gpu_us is the GPU time per call over the same loop (CUDA events).
@@ -13,14 +13,12 @@ merge launch, and a torch add_ as the floor of any launch from Python.
 """
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernels import versions  # noqa: E402 -- the shared run metadata
+from .attn_kernels import versions  # the shared run metadata
 
 
 def host_us(fn, calls):
@@ -94,7 +92,7 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     args = p.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench/overhead.py needs a CUDA GPU")
+        sys.exit("ringsp_bench.overhead needs a CUDA GPU")
     import triton
 
     import ringsp_kernels as rk

@@ -1,7 +1,7 @@
 """CPU attention kernels vs torch's CPU SDPA: prints GFLOP/s (4*B*H*Sq*Sk*D / time).
 
-    python bench/kernels_cpu.py                       # default shapes, all dtypes
-    python bench/kernels_cpu.py --shapes 1x4096x12x128 --dtypes bf16 --json out.json
+    python -m ringsp_bench.kernels_cpu                       # default shapes, all dtypes
+    python -m ringsp_bench.kernels_cpu --shapes 1x4096x12x128 --dtypes bf16 --json out.json
 
 "ours" is rk.attn_fwd on [B, S, H, D] tensors; "sdpa" is
 torch.nn.functional.scaled_dot_product_attention on the [B, H, S, D] views of the same

@@ -1,6 +1,6 @@
 """Warm start: is the first denoising step of a run as fast as the later ones?
 
-    python bench/warm_start.py [--json OUT.json] [--runs 2] [-- <extra ringsp generate args>]
+    python -m ringsp_bench.warm_start [--json OUT.json] [--runs 2] [-- <extra ringsp generate args>]
 
 Runs the same `ringsp generate` command `--runs` times in fresh processes that share one
 fresh set of on-disk caches (Triton's compiled kernels, ringsp's dispatch cache), as a user
@@ -18,10 +18,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch  # noqa: E402
+import torch
 
-from kernels import versions  # noqa: E402 -- the shared run metadata
+from .attn_kernels import versions  # the shared run metadata
 
 DEFAULT = ["--model", "wan2.1-t2v-1.3b", "--dummy-weights", "--height", "480", "--width", "832",
            "--num-frames", "33", "--steps", "4", "--no-output"]

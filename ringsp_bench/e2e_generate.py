@@ -1,8 +1,9 @@
 """End-to-end stage breakdown of `ringsp generate` on 1, 2 and 4 GPUs.
 
-    python bench/e2e.py --json e2e.json
-    python bench/e2e.py --configs u1r1,u1r2,u2r1,u2r2,u4r1,u2r1c2 --steps 4 --json e2e.json
-    python bench/e2e.py --device cpu --model tiny-wan --configs u1r1,u1r2 --steps 2 --json x.json  # script check
+    python -m ringsp_bench.e2e_generate --json e2e.json
+    python -m ringsp_bench.e2e_generate --configs u1r1,u1r2,u2r1,u2r2,u4r1,u2r1c2 --steps 4 --json e2e.json
+    python -m ringsp_bench.e2e_generate --device cpu --model tiny-wan --configs u1r1,u1r2 --steps 2 \
+        --json x.json  # script check
 
 Each config is one fresh `python -m ringsp generate` (it spawns its own workers) on the same
 request: Wan2.1-T2V-1.3B with dummy weights (published config, random bf16 values; a small
@@ -13,7 +14,7 @@ more GPUs than present are skipped and listed as such. The table gives each stag
 and the speedup over the first config; per-step mean/median and each rank's peak memory
 are in the reports. --json writes the reports (each as `ringsp generate --json` writes
 them: measured parts plus aggregates computed from them) with device, versions, date and
-command. bench/gen_baselines.py turns that file into bench/baselines/*.json.
+command. ringsp_bench.gen_baselines turns that file into bench/baselines/*.json.
 --compile [regional|full] and --cuda-graphs are passed to every run (each report then
 holds its compile warm-up, which is outside the stage times).
 
@@ -30,11 +31,9 @@ import tempfile
 
 import torch
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from ringsp.cli.report import check_report, config_label, format_comparison
 
-from ringsp.cli.report import check_report, config_label, format_comparison  # noqa: E402
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))  # the checkout: where runs start
 
 CONFIG_RE = re.compile(r"^u(\d+)r(\d+)(c2)?$")
 DEFAULT_CONFIGS = "u1r1,u1r2,u2r1,u2r2,u4r1"
@@ -125,11 +124,12 @@ def run_config(args, config, tmp):
 
 def main(argv=None):
     args = parse_args(argv)
-    meta = {"bench": "e2e", "measured_by": "bench/e2e.py", "command": " ".join([os.path.basename(sys.argv[0])] +
-            (sys.argv[1:] if argv is None else list(argv))),
+    meta = {"bench": "e2e", "measured_by": "ringsp_bench.e2e_generate",
+            "command": " ".join([os.path.basename(sys.argv[0])] + (sys.argv[1:] if argv is None else list(argv))),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/e2e.py: CUDA is not available; nothing measured (use --device cpu to check the script)")
+        print("ringsp_bench.e2e_generate: CUDA is not available; nothing measured "
+              "(use --device cpu to check the script)")
         _write(args.json, {**meta, "skipped": "CUDA is not available", "runs": []})
         return 0
     with tempfile.TemporaryDirectory(prefix="ringsp-e2e-") as tmp:

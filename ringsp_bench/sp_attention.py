@@ -1,7 +1,7 @@
 """SP attention benchmark: ringsp ring / Ulysses / USP vs diffusers' context-parallel
 attention (cuDNN backend) vs single-GPU attn_fwd. One launch per world size:
 
-    torchrun --nproc-per-node N bench/sp_attention.py --json OUT.json [--seq 32760 75600]
+    torchrun --nproc-per-node N -m ringsp_bench.sp_attention --json OUT.json [--seq 32760 75600]
 
 B=1, H=12, D=128, bf16 by default. For each sequence length and every u x r = N layout it
 reports the time per call (the slowest rank's median of CUDA-event timings after warm-up),
@@ -193,7 +193,7 @@ def main(argv=None):
     torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # plain `python bench/sp_attention.py`: a world of one
+        if "RANK" not in os.environ:  # plain `python -m ringsp_bench.sp_attention`: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
         dist.init_process_group("nccl", device_id=device)
     world, rank = dist.get_world_size(), dist.get_rank()

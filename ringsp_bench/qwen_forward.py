@@ -1,12 +1,12 @@
 """Qwen-Image transformer forward under sequence parallelism: ringsp vs diffusers' context parallel vs 1 GPU.
 
-    torchrun --nproc_per_node 1 bench/qwen_forward.py --json qwen_fwd_w1.json
-    torchrun --nproc_per_node 2 bench/qwen_forward.py --json qwen_fwd_w2.json
-    torchrun --nproc_per_node 4 bench/qwen_forward.py --json qwen_fwd_w4.json
+    torchrun --nproc_per_node 1 -m ringsp_bench.qwen_forward --json qwen_fwd_w1.json
+    torchrun --nproc_per_node 2 -m ringsp_bench.qwen_forward --json qwen_fwd_w2.json
+    torchrun --nproc_per_node 4 -m ringsp_bench.qwen_forward --json qwen_fwd_w4.json
     ... --edit             (Qwen-Image-Edit: a reference image of the same size joins the image stream)
     ... --text-valid 256   (no text padding: the mask is dropped, as the pipelines do when it is all ones)
 
-One run per world size W; the same structure and helpers as bench/wan_forward.py. On the same
+One run per world size W; the same structure and helpers as ringsp_bench.wan_forward. On the same
 model (Qwen-Image's published config, 20B, random bf16 weights) and inputs (B=1; text
 --text-len x 3584 of which the first --text-valid tokens are valid, passed with
 encoder_hidden_states_mask), it times:
@@ -35,8 +35,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import wan_forward as wf  # noqa: E402 - the shared timing, runs and report helpers
+from . import wan_forward as wf  # the shared timing, runs and report helpers
 
 RESOLUTIONS = {"1328": (83, 83), "1024": (64, 64)}  # image token grid: pixels / 8 (VAE) / 2 (patch)
 MASKED_BACKEND_PREFERENCE = ("_native_cudnn", "native")  # diffusers' flash backends refuse a mask

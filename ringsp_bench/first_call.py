@@ -1,6 +1,6 @@
 """What the first call of a new shape costs, per component, in a fresh process.
 
-    python bench/first_call.py [--json OUT.json] [--seq 14040] [--heads 12] [--head-dim 128]
+    python -m ringsp_bench.first_call [--json OUT.json] [--seq 14040] [--heads 12] [--head-dim 128]
 
 Run it twice: the first process also pays compilation (Triton's disk cache is then warm);
 the second shows what every later run of a command still pays on its first step. For each
@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument("--head-dim", type=int, default=128)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        sys.exit("bench/first_call.py needs a CUDA GPU")
+        sys.exit("ringsp_bench.first_call needs a CUDA GPU")
     cache_before = _cache_entries()
     t0 = time.perf_counter()
     import ringsp_kernels as rk
