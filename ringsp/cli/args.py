@@ -30,6 +30,8 @@ DEFAULT_PROMPT = "a cat is playing piano"
 # The parallel VAE is forced on (its size threshold would give such a small decode to rank 0).
 DEMO_ARGV = ["--model", TINY_NAME, "--device", "cpu", "--num-gpus", "2", "--ring-degree", "2", "--compare-single",
              "--vae-min-parallel-pixels", "0"]
+# Flags that only say where results go: given alone, the run is still the demo.
+OUTPUT_ONLY_DESTS = frozenset({"output", "no_output", "json"})
 
 
 class UsageError(Exception):
@@ -44,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     p = _Parser(prog=PROG, description="Generate a video (Wan) or an image (Qwen-Image, Qwen-Image-Edit) under "
                 "sequence parallelism and print the stage time breakdown and peak memory. With no arguments: a "
-                "built-in tiny Wan model on 2 CPU processes, checked against one process.")
+                "built-in tiny Wan model on 2 CPU processes, checked against one process; --output, --no-output and "
+                "--json alone keep that demo.")
     model = p.add_argument_group("model")
     src = model.add_mutually_exclusive_group()
     src.add_argument("--model-path", metavar="DIR", help="local diffusers directory of a WanPipeline, "
@@ -114,8 +117,9 @@ def build_parser():
 def parse_request(argv, env=None):
     """A validated GenerateRequest from argv; raises UsageError with a one-line message."""
     env = os.environ if env is None else env
-    demo = len(argv) == 0
-    args = build_parser().parse_args(DEMO_ARGV if demo else argv)
+    argv = list(argv)
+    demo = not (given_options(argv) - OUTPUT_ONLY_DESTS)
+    args = build_parser().parse_args(DEMO_ARGV + argv if demo else argv)
     info = _model(args)
     image, reference_size = _image(args, info)
     sizes = _sizes(args, info, reference_size)
@@ -142,6 +146,14 @@ def parse_request(argv, env=None):
         **_compile_options(args, device),
         under_torchrun=world is not None, media="image" if info.makes_images else "video",
     )
+
+
+def given_options(argv):
+    """The dests of the options argv sets, however spelt (abbreviated, `--opt=value`)."""
+    parser, unset = build_parser(), object()
+    # argparse fills in defaults only for names the namespace lacks, so `unset` marks what argv left alone
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset)))
+    return {dest for dest, value in vars(given).items() if value is not unset}
 
 
 def _model(args):
@@ -370,6 +382,9 @@ def describe_request(req):
         parts.append("--compare-single")
     if req.vae_min_parallel_pixels is not None:
         parts += ["--vae-min-parallel-pixels", str(req.vae_min_parallel_pixels)]
+    parts += ["--output", req.output] if req.output else ["--no-output"]
+    if req.json_path:
+        parts += ["--json", req.json_path]
     return " ".join(parts)
 
 

@@ -40,7 +40,7 @@ def main(argv=None):
 
     quiet_libraries()
     if request.demo:
-        print(f"No arguments given: running the built-in demo, i.e. `{describe_request(request)}` "
+        print(f"No model or run arguments given: running the built-in demo, i.e. `{describe_request(request)}` "
               f"(see `{PROG} --help`)")
     try:
         return launch.execute(request)

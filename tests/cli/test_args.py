@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ringsp.cli.args import UsageError, parse_request
+from ringsp.cli.args import UsageError, describe_request, parse_request
 from ringsp.cli.main import main
 
 TINY = ["--model", "tiny-wan", "--device", "cpu", "--no-output"]
@@ -156,6 +156,38 @@ def test_no_arguments_is_the_demo():
     req = parse_request([], env={})
     assert req.demo and req.compare_single and req.model_name == "tiny-wan"
     assert (req.device, req.num_gpus, req.ring_degree) == ("cpu", 2, 2)
+    assert req.output == os.path.join("outputs", "tiny-wan_u1r2.mp4") and req.json_path is None
+
+
+@pytest.mark.parametrize("argv,output,json_path", [
+    (["--no-output"], None, None),
+    (["--json", "r.json"], os.path.join("outputs", "tiny-wan_u1r2.mp4"), "r.json"),
+    (["--output", "v.mp4", "--json=r.json"], "v.mp4", "r.json"),
+    (["--no-out", "--json", "r.json"], None, "r.json"),  # argparse's abbreviation of --no-output
+])
+def test_output_flags_alone_keep_the_demo(argv, output, json_path):
+    req = parse_request(argv, env={})
+    assert req.demo and req.compare_single and req.model_name == "tiny-wan"
+    assert (req.device, req.num_gpus, req.ring_degree, req.vae_min_parallel_pixels) == ("cpu", 2, 2, 0)
+    assert (req.output, req.json_path) == (output, json_path)
+    line = describe_request(req)  # the demo's first line names what the flags changed
+    assert "--num-gpus 2 --ulysses-degree 1 --ring-degree 2" in line and "--compare-single" in line
+    assert line.endswith(("--no-output" if output is None else f"--output {output}")
+                         + (f" --json {json_path}" if json_path else ""))
+
+
+@pytest.mark.parametrize("argv", [["--steps", "2"], ["--model", "tiny-wan"], ["--device", "cpu", "--no-output"],
+                                  ["--seed", "0"]])
+def test_any_other_flag_is_not_the_demo(argv):
+    req = parse_request(argv, env={})
+    assert not req.demo and not req.compare_single and req.num_gpus == 1
+
+
+def test_demo_arguments_are_still_checked():
+    with pytest.raises(UsageError, match="--json"):
+        parse_request(["--json", "report.txt"], env={})
+    with pytest.raises(UsageError):
+        parse_request(["--output", "v.mp4", "--no-output"], env={})
 
 
 def test_python_m_ringsp_reports_usage_errors_without_traceback(tmp_path):

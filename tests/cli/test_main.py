@@ -51,7 +51,7 @@ def test_no_arguments_runs_the_checked_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "No arguments given: running the built-in demo" in out
+    assert "No model or run arguments given: running the built-in demo" in out
     assert "SP check: the 2-process result equals the single-process result" in out
     assert "| u1r2 (s) |" in out
     assert _read_video(str(tmp_path / "outputs" / "tiny-wan_u1r2.mp4")) == (9, (48, 80, 3))
