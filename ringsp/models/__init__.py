@@ -6,8 +6,12 @@
 
 Published model configs (for random-weight models of the real shapes) are in `configs`.
 """
-from .compile import compile_pipeline, compile_transformer, uncompile_transformer
-from .sp import disable_sequence_parallel, enable_sequence_parallel, is_sequence_parallel_enabled
+from .tested_versions import check_tested_versions
+
+check_tested_versions()  # before any model code: an untested diffusers / transformers fails here, in one line
+
+from .compile import compile_pipeline, compile_transformer, uncompile_transformer  # noqa: E402
+from .sp import disable_sequence_parallel, enable_sequence_parallel, is_sequence_parallel_enabled  # noqa: E402
 
 __all__ = ["enable_sequence_parallel", "disable_sequence_parallel", "is_sequence_parallel_enabled",
            "compile_pipeline", "compile_transformer", "uncompile_transformer"]
