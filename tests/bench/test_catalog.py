@@ -24,6 +24,8 @@ def test_an_unknown_name_is_refused(capsys):
     assert "unknown benchmark 'kernels'" in err and "attn_kernels" in err
 
 
+# runpy warns that this module is already imported (other tests did); `ringsp-bench` itself starts fresh
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
 def test_it_runs_the_module_with_its_arguments_and_exit_code(tmp_path, capsys):
     bad = {"schema": "ringsp.baseline/1", "generated_by": "someone else"}
     (tmp_path / "x.json").write_text(json.dumps(bad))
