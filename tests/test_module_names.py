@@ -1,9 +1,10 @@
 """No module of the repository takes the name of a package the environment provides.
 
-bench/kernels.py once did: bench scripts put their folder first on sys.path, and from then on
+bench/kernels.py once did: bench scripts put their folder first on the module search path, and from then on
 transformers' `import kernels` (Hugging Face's package) got the benchmark module, failing every
 model test that ran after a bench test. Both checks here fail on that layout."""
 import importlib.metadata
+import importlib.util
 import os
 import pkgutil
 import subprocess
@@ -48,18 +49,19 @@ def test_no_module_shares_a_published_or_installed_name():
 
 
 # A stand-in `kernels` first on the path: it marks the module, then runs the environment's own
-# `kernels` (Hugging Face's, which transformers imports when it is installed) in its place, so
-# the libraries work as usual and the mark shows which `kernels` everybody got.
+# `kernels` (Hugging Face's, which transformers imports when it is installed; REAL is where this
+# process finds it) in its place, so the libraries work as usual and the mark shows which
+# `kernels` everybody got.
 _STUB = '''
-import importlib.machinery, importlib.util, os, sys
-_mine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.machinery.PathFinder.find_spec(__name__, [p for p in sys.path if os.path.abspath(p or ".") != _mine])
-if _spec is not None:
+import importlib.util, os, sys
+REAL = {real!r}
+RINGSP_STUB = True
+if REAL is not None:
+    _spec = importlib.util.spec_from_file_location(__name__, REAL, submodule_search_locations=[os.path.dirname(REAL)])
     _real = importlib.util.module_from_spec(_spec)
     sys.modules[__name__] = _real
     _spec.loader.exec_module(_real)
     _real.RINGSP_STUB = True
-RINGSP_STUB = True
 '''
 
 _PROBE = '''
@@ -92,7 +94,8 @@ print("tiny-wan built with", type(pipe.text_encoder).__name__, "and the environm
 def test_a_package_named_kernels_survives_every_module(tmp_path):
     pytest.importorskip("diffusers")
     (tmp_path / "kernels").mkdir()
-    (tmp_path / "kernels" / "__init__.py").write_text(_STUB)
+    real = importlib.util.find_spec("kernels")
+    (tmp_path / "kernels" / "__init__.py").write_text(_STUB.format(real=real.origin if real else None))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_PROBE)], cwd=ROOT, env=env, capture_output=True,
