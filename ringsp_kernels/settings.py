@@ -12,7 +12,7 @@ Folders (the cache, a built library) are per machine and are not compared.
 
 A value outside a variable's choices raises ValueError naming the variable at the first read.
 `override()` changes switches for the rest of the process (RINGSP_CUDA_ATTN through
-ringsp_kernels.cuda.set_forced); `clear_caches()` also forgets the read, so the next read sees
+ringsp_kernels.cuda.ops.set_forced); `clear_caches()` also forgets the read, so the next read sees
 the environment as it is then (for tests).
 """
 import os
