@@ -333,3 +333,13 @@ def test_the_fallback_carries_the_nearest_timings_for_choose():
     got = dispatch.fallback(key(Sq=8192, Sk=8192), {key(Sq=16384, Sk=16384): entry})
     assert got["path"] == "fa4" and got["ms"] == entry["ms"]
     assert dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"
+
+
+def test_the_old_tune_command_still_runs_with_a_deprecation_warning():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ringsp_kernels.tune", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "python -m ringsp_kernels.cuda.tune" in run.stdout and "deprecated" in run.stderr
