@@ -1,9 +1,9 @@
 """Every RINGSP_* environment switch of ringsp, read once per process into one object.
 
     import ringsp_kernels as rk
-    s = rk.settings()          # a frozen Settings; s.cuda_attn, s.fa4, s.check_every_call, ...
-    environment(s)             # {variable: its value as text}, for messages and the README table
-    agreed(s)                  # the switches every rank of a process group must share
+    s = rk.settings.current()  # a frozen Settings; s.cuda_attn, s.fa4, s.check_every_call, ...
+    rk.settings.environment()  # {variable: its value as text}, for messages
+    rk.settings.agreed()       # the switches every rank of a process group must share
 
 `init_parallel` compares `agreed()` across ranks: a switch that changes numerics or control
 flow (a kernel path, whether the agreement exchanges on every call) must be equal on every
