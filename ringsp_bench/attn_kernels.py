@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from ringsp_kernels.tune import KERNEL_SHAPES as SHAPES  # (name, Sq=Sk, H, D); `tune --set kernels` measures them
+from ringsp_kernels.cuda.tune import KERNEL_SHAPES as SHAPES  # (name, Sq=Sk, H, D); `tune --set kernels` measures them
 SWEEP = [  # BLOCK_M, BLOCK_N, warps, stages, tma, warp_spec
     (128, 128, 8, 3, True, True), (128, 128, 8, 3, True, False), (128, 128, 4, 3, True, True),
     (128, 64, 4, 3, True, True), (128, 64, 8, 3, True, True), (128, 128, 8, 2, True, True),
@@ -57,7 +57,7 @@ def eager_merge(acc, lse, out, lse_blk):
 def candidates(q, k, v, rk, cuda_ops):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ringsp_kernels import fa4
+    from ringsp_kernels.cuda import fa4
 
     S = k.shape[1]
     blocks = [(i * S // 4, (i + 1) * S // 4) for i in range(4)]
@@ -129,7 +129,7 @@ def sweep(q, k, v, bench):
     """TFLOP/s-ready times (ms) of fixed Triton configurations: attn_fwd over all keys, and
     a 4-step chain (init_state + 4 in-place steps on S/4 blocks + finalize)."""
     import ringsp_kernels as rk
-    from ringsp_kernels.triton_attn import launch
+    from ringsp_kernels.cuda.triton_attn import launch
 
     B, S, H, D = q.shape
     out = torch.empty_like(q)
@@ -182,7 +182,7 @@ def dispatch_entries(q, S, D, H, rk, cuda_ops):
     acc, lse = rk.init_state(q)
     rk.attn_step_(q, q[:, :S // 4], q[:, :S // 4], acc, lse)
     name = cuda_ops.device_name(q.get_device())
-    return {op: dispatch.lookup(dispatch.class_key(name, q.dtype, D, H, 1, S, sk, op))
+    return {op: dispatch.lookup(dispatch.class_key(name, q.dtype, D, H, 1, S, sk, op), cuda_ops.versions())
             for op, sk in (("fwd", S), ("step", S // 4))}
 
 
@@ -211,7 +211,7 @@ def main():
     import triton
 
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda as cuda_ops
+    from ringsp_kernels.cuda import ops as cuda_ops
 
     logging.basicConfig(format="%(message)s")
     logging.getLogger("ringsp").setLevel(logging.INFO)  # shows any measured triton/cuDNN choice

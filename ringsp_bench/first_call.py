@@ -57,7 +57,8 @@ def main(argv=None):
     cache_before = _cache_entries()
     t0 = time.perf_counter()
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda, fa4
+    from ringsp_kernels.cuda import fa4
+    from ringsp_kernels.cuda import ops as cuda
 
     import_ms = (time.perf_counter() - t0) * 1e3
     S, H, D, dt = args.seq, args.heads, args.head_dim, torch.bfloat16

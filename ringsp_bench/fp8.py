@@ -46,7 +46,7 @@ def quantise_only(triton_fp8, k, v):
 def candidates(q, k, v, sage):
     """name -> a function returning the attention output [B, S, H, D] (or None: timing only)."""
     import ringsp_kernels as rk
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     out = {
@@ -97,7 +97,7 @@ def with_channel_outliers(k):
 
 
 def measure(name, S, H, D, args, sage, bench):
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     g = torch.Generator(device="cuda").manual_seed(S)
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))

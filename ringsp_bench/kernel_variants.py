@@ -1,5 +1,5 @@
-"""Candidate Hopper kernels for the fused ring step side by side with the current
-Triton kernel and cuDNN, in one run.
+"""Candidate kernels for the fused ring step side by side with the current Triton kernel and
+cuDNN, in one run (the harness for the next candidate: add it to `candidates`).
 
     python -m ringsp_bench.kernel_variants [--json OUT.json] [--jobs N] [--quick] [--shapes A,B] [--reps MS]
     python -m ringsp_bench.kernel_variants --summarize OUT.json    # the table of a (partial) run
@@ -12,9 +12,9 @@ Per shape and candidate it times, with triton.testing.do_bench medians:
 TFLOP/s = 4*B*H*Sq*Sk*D / time (Sk = all keys, for both). Candidates:
   cudnn            aten._scaled_dot_product_cudnn_attention with LSE; its chain is cuDNN per
                    block + ringsp's one-pass merge (triton_merge), the dispatcher's other path
-  current          ringsp_kernels.triton_attn.launch, the best of its Hopper configs
-  persist, pipe,   ringsp_kernels.hopper_attn variants (see that module); split only runs
-  split            where it would split the KV block
+  current          ringsp_kernels.cuda.triton_attn.launch, the best of its Hopper configs
+The persistent, pipelined and split-KV candidates measured in bench/results/kernel_variants_h200.json
+lost to `current` on every shape (bench/RESULTS.md) and were removed from the library.
 Every candidate's output and LSE are compared with cuDNN's before it is timed; a candidate
 that is wrong or does not compile is skipped and reported, the others still run. Kernels
 are compiled first in parallel worker processes (--jobs) on miniature shapes with the same
@@ -64,7 +64,7 @@ def cudnn_attn(q, k, v, scale):
 
 
 def _cudnn_step(q, k, v, acc, lse, kv_len, has_state):
-    from ringsp_kernels.triton_merge import launch_merge
+    from ringsp_kernels.cuda.triton_merge import launch_merge
 
     out, lse_blk = cudnn_attn(q, k[:, :kv_len], v[:, :kv_len], q.shape[-1] ** -0.5)
     if has_state:
@@ -76,25 +76,16 @@ def _cudnn_step(q, k, v, acc, lse, kv_len, has_state):
 
 def _current(config):
     def step(q, k, v, acc, lse, kv_len, has_state):
-        from ringsp_kernels import triton_attn
+        from ringsp_kernels.cuda import triton_attn
 
         triton_attn.launch(q, k, v, acc, lse, q.shape[-1] ** -0.5, kv_len, has_state, config=config)
-    return step
-
-
-def _hopper(variant, config=None, splits=None):
-    def step(q, k, v, acc, lse, kv_len, has_state):
-        from ringsp_kernels import hopper_attn
-
-        hopper_attn.launch(q, k, v, acc, lse, q.shape[-1] ** -0.5, kv_len, has_state, variant=variant,
-                           config=config, splits=splits)
     return step
 
 
 def current_configs(D):
     """The current kernel's Hopper tuning list (without its warp-specialisation flag, which
     Triton 3.6 compiles to the same SASS on sm_90)."""
-    from ringsp_kernels import triton_attn
+    from ringsp_kernels.cuda import triton_attn
 
     seen = []
     for c in triton_attn.configs(9, D):
@@ -110,21 +101,11 @@ def _cfg_name(cfg):
 
 def candidates(D, Sq, Sk, H, steps, force_splits=None):
     """name -> (step fn or the reason it is unavailable, group): candidates of one group are
-    configs of one kernel, of which the table shows the fastest. `force_splits` makes the
-    split variant split (precompiling on miniature shapes, which would not)."""
-    from ringsp_kernels import hopper_attn
-
+    configs of one kernel, of which the table shows the fastest. `force_splits` is for a
+    candidate that splits the KV block (precompiling on miniature shapes, which would not)."""
     out = {"cudnn": (_cudnn_step, "cudnn")}
     for cfg in current_configs(D):
         out["current:" + _cfg_name(cfg)] = (_current(cfg), "current")
-    for variant in ("persist", "pipe"):
-        for cfg in hopper_attn.TUNE[variant][D]:
-            out[f"{variant}:{_cfg_name(cfg)}"] = (_hopper(variant, cfg), variant)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for cfg in hopper_attn.TUNE["split"][D]:
-        n_tiles = H * -(-Sq // cfg[0])
-        if hopper_attn.choose_splits(n_tiles, -(-(Sk // steps) // cfg[1]), sms) > 1:
-            out[f"split:{_cfg_name(cfg)}"] = (_hopper("split", cfg, force_splits), "split")
     return out
 
 
@@ -263,7 +244,8 @@ def best_per_group(entry):
 
 
 def summary(report):
-    groups = ["cudnn", "current", "persist", "pipe", "split"]
+    found = {r["group"] for e in report["shapes"].values() for r in e["results"].values()}
+    groups = ["cudnn", "current"] + sorted(found - {"cudnn", "current"})  # an older run's candidates too
     lines = ["", "TFLOP/s (x cuDNN) per shape, fastest config of each kernel; chain = init + steps + finalize",
              f"{'shape':18s} {'mode':5s} " + " ".join(f"{g:>15s}" for g in groups)]
     for name, entry in report["shapes"].items():

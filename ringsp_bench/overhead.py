@@ -41,8 +41,10 @@ def rows(q, k, v, acc, lse, out_blk, lse_blk):
     import triton
 
     import ringsp_kernels as rk
-    from ringsp_kernels import checks, cuda, triton_attn
-    from ringsp_kernels.triton_merge import launch_merge
+    from ringsp_kernels import checks
+    from ringsp_kernels.cuda import ops as cuda
+    from ringsp_kernels.cuda import triton_attn
+    from ringsp_kernels.cuda.triton_merge import launch_merge
 
     B, S, H, D = q.shape
     scale = D ** -0.5
@@ -96,7 +98,9 @@ def main():
     import triton
 
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda, dispatch, fast_launch
+    from ringsp_kernels import dispatch
+    from ringsp_kernels.cuda import fast_launch
+    from ringsp_kernels.cuda import ops as cuda
 
     S, H, D = args.seq, args.heads, args.head_dim
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -115,7 +119,7 @@ def main():
             h, g = host_us(fn, args.calls)
         report["rows"][name] = {"host_us": h, "gpu_us": g}
         print(f"  {name:34s} {h:9.2f} {g:9.2f}", flush=True)
-    report["dispatch"] = {key: e for key, e in dispatch.snapshot()["entries"].items()
+    report["dispatch"] = {key: e for key, e in dispatch.snapshot(cuda.versions())["entries"].items()
                           if f"|D{D}|H{H}|" in key and key.startswith(cuda.device_name(0))}
     if args.json:
         with open(args.json, "w") as f:

@@ -24,8 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ringsp_kernels.tune import DEGREES, RING_SHAPES  # `tune --set ring` measures these classes
-
+from ringsp_kernels.cuda.tune import DEGREES, RING_SHAPES  # `tune --set ring` measures these classes
 from .attn_kernels import timed, versions  # the shared timing and run metadata
 
 D = 128
@@ -64,7 +63,9 @@ def ring_blocks(S, N, H, g):
 
 def measure_ring(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda, dispatch, fa4
+    from ringsp_kernels import dispatch
+    from ringsp_kernels.cuda import fa4
+    from ringsp_kernels.cuda import ops as cuda
 
     blk, blocks = ring_blocks(S, N, H, g)
     q = torch.randn(1, blk, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -84,12 +85,12 @@ def measure_ring(S, H, N, T1, bench, rounds, g):
     ms = timed(fns, bench, rounds)
     key = dispatch.class_key(cuda.device_name(q.get_device()), q.dtype, D, H, 1, blk, blk, "step")
     return {"Sq": blk, "Sk": blk, "ms": ms, "bound": {n: T1 / (N * t) for n, t in ms.items()},
-            "dispatch": dispatch.lookup(key)}
+            "dispatch": dispatch.lookup(key, cuda.versions())}
 
 
 def full_attention_ms(S, H, g, bench, rounds):
     """T1: one cuDNN attention over the whole sequence, all heads."""
-    from ringsp_kernels import cuda
+    from ringsp_kernels.cuda import ops as cuda
 
     q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     return timed({"T1": lambda: cuda.cudnn_attn(q, k, v, D ** -0.5, S)}, bench, rounds)["T1"]
@@ -97,7 +98,8 @@ def full_attention_ms(S, H, g, bench, rounds):
 
 def measure_ulysses(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
-    from ringsp_kernels import cuda, fa4
+    from ringsp_kernels.cuda import fa4
+    from ringsp_kernels.cuda import ops as cuda
 
     h = math.ceil(H / N)
     q, k, v = (torch.randn(1, S, h, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))

@@ -132,12 +132,42 @@ def diffusers_attention(u, r, device):
     return (lambda q, k, v: dispatch_attention_fn(q, k, v, backend=backend, parallel_config=config)), None
 
 
+def one_phase_loops():
+    """RingLoop variants that run one phase of a ring step (their results are WRONG, only
+    their time counts): compute only (every step attends to the rank's own block, nothing is
+    exchanged) and transfers only (the exchange alone, no attention)."""
+    from ringsp.parallel.ring import RingLoop
+
+    class ComputeOnly(RingLoop):
+        def begin(self, step):
+            self._handle = None
+
+    class TransfersOnly(RingLoop):
+        def attend(self, step):
+            pass
+
+    return ComputeOnly, TransfersOnly
+
+
+def sp_pass_with(loop_class, a, ulysses_group, ring_group):
+    """ringsp's Ulysses-inside, ring-across pass (no joint tokens) with its ring loop replaced
+    by `loop_class`."""
+    from ringsp.parallel.comm import ring_exchange
+    from ringsp.parallel.groups import size_rank
+    from ringsp.parallel.ulysses import heads_to_seq, seq_to_heads
+
+    u, _ = size_rank(ulysses_group)
+    q, k, v = (a.q, a.k, a.v) if u == 1 else seq_to_heads(a.q, a.k, a.v, ulysses_group)
+    size, rank = size_rank(ring_group)
+    kv = torch.stack((k, v)).contiguous()
+    out = loop_class(q, kv, size, rank, a.seq_len, a.scale, ring_exchange(ring_group, q.device), a.precision).run()
+    return out if u == 1 else heads_to_seq(out, ulysses_group, a.q.shape[2])
+
+
 def bench_seq(S, args, world, rank, device, dtype, notes):
     import ringsp_kernels as rk
     from ringsp.parallel import ParallelConfig, init_parallel, shard_sequence, usp_attention
     from ringsp.parallel.attention_args import prepare
-    from ringsp.parallel.ring import Skips
-    from ringsp.parallel.ulysses import sp_pass
 
     B, H, D = args.batch, args.heads, args.head_dim
     gen = torch.Generator(device=device).manual_seed(1234 + S)
@@ -154,11 +184,10 @@ def bench_seq(S, args, world, rank, device, dtype, notes):
         tn = time_ms(call, args.warmup, args.iters)
         row = dict(seq_len=S, impl=f"ringsp {name}", layout=f"{u}x{r}", ulysses=u, ring=r, time_ms=tn,
                    efficiency=efficiency(t1, world, tn), comm_hidden=None, max_abs_err=err)
-        if r > 1:  # the same pass with the benchmark switches, passed explicitly
+        if r > 1:  # the same pass, one phase of its ring at a time
             a = prepare("usp_attention", ctx.sp_group, ctx.sp_degree, *local, S, None, None, None, None, None)
-            for key, skips in (("time_compute_only_ms", Skips(transfers=True)),
-                               ("time_transfers_only_ms", Skips(compute=True))):
-                row[key] = time_ms(lambda: sp_pass(a, ctx.ulysses_group, ctx.ring_group, skips),  # noqa: B023
+            for key, loop in zip(("time_compute_only_ms", "time_transfers_only_ms"), one_phase_loops()):
+                row[key] = time_ms(lambda: sp_pass_with(loop, a, ctx.ulysses_group, ctx.ring_group),  # noqa: B023
                                    args.warmup, args.iters)
             row["comm_hidden"] = comm_hidden(tn, row["time_compute_only_ms"], row["time_transfers_only_ms"])
         rows.append(row)

@@ -33,30 +33,38 @@ def _qkv_ok(q, k, v, scale, kv_len):
         return False
 
 
-def check_qkv(q, k, v, scale=None, kv_len=None):
-    """Validates an attention call; returns kv_len as an int (k's length when None)."""
+def check_qkv(q, k, v, scale=None, kv_len=None, names=("q", "k", "v")):
+    """Validates an attention call; returns kv_len as an int (k's length when None).
+    `names` are the arguments' names in the caller's API (for its error messages)."""
     if _qkv_ok(q, k, v, scale, kv_len):
         return k.shape[1] if kv_len is None else kv_len
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    qn, kn, vn = names
+    for name, t in zip(names, (q, k, v)):
         _check_4d(name, t)
     if q.dtype not in DTYPES:
-        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        raise TypeError(f"{qn} has dtype {q.dtype}; supported: float16, bfloat16, float32")
+    for name, t in ((kn, k), (vn, v)):
+        check_like(name, t, q, qn)
     if k.shape != v.shape:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+        raise ValueError(f"{kn} {tuple(k.shape)} and {vn} {tuple(v.shape)} must have the same shape")
     for dim, what in ((0, "batch"), (2, "heads"), (3, "head dim")):
         if k.shape[dim] != q.shape[dim]:
-            raise ValueError(f"k has {what} {k.shape[dim]} but q has {q.shape[dim]}")
+            raise ValueError(f"{kn} has {what} {k.shape[dim]} but {qn} has {q.shape[dim]}")
     head_dim = q.shape[3]
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim {head_dim} is not supported (1..{MAX_HEAD_DIM})")
-    if scale is not None and not isinstance(scale, (int, float)):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     return check_kv_len(kv_len, k.shape[1])
+
+
+def check_like(name, t, like, like_name="q"):
+    """t must be a 4-D tensor of `like`'s dtype on `like`'s device."""
+    _check_4d(name, t)
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {like_name} has {like.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}")
 
 
 def check_kv_len(kv_len, num_keys):

@@ -11,8 +11,9 @@ FA4 installed serves users without it.
 
 Where an entry comes from:
   local mode (default, one process):  this process's resolved classes, then the disk cache
-      (per device name and torch/triton/cuDNN versions, written on first use or by
-      `python -m ringsp_kernels.tune`), then the table shipped in the package
+      (one file per set of software versions -- torch, Triton, CUDA, cuDNN, FA4 -- which every
+      caller passes in as `versions`; the device name is in each key; written on first use or
+      by `python -m ringsp_kernels.cuda.tune`), then the table shipped in the package
       (tables/dispatch.json, written by the same command), then a measurement, which is
       saved to the disk cache so the next run starts warm.
   consistent mode (after install(), which the parallel layer calls with rank 0's
@@ -21,13 +22,17 @@ Where an entry comes from:
       measured class of the same device, dtype, head dim and op, else the portable default.
       Both are pure functions of the key and the table, so every rank that installed the
       same table makes the same choice, always.
-The parallel layer, once per process group, on every rank:
-    box = [dispatch.snapshot() if rank == 0 else None]
+The parallel layer, once per process group, on every rank (through the face:
+ringsp_kernels.choices_snapshot() / install_choices()):
+    box = [dispatch.snapshot(versions) if rank == 0 else None]
     dist.broadcast_object_list(box, src=<global rank of the group's rank 0>, group=group)
     dispatch.install(box[0])          # dispatch.fingerprint() then agrees across ranks
 To have measured choices (rather than the fallback) in SP runs, measure the classes first:
-`python -m ringsp_kernels.tune` (or any single-process run, whose first calls measure).
-This module is pure Python (no GPU): cuda.py supplies the measurement.
+`python -m ringsp_kernels.cuda.tune` (or any single-process run, whose first calls measure).
+This module is pure Python (no GPU) and imports nothing of the backends: the CUDA wing
+supplies the measurement and the versions.
+
+A new path: its name in PATHS, its implementation in ringsp_kernels/cuda/paths.py.
 """
 import hashlib
 import json
@@ -35,6 +40,8 @@ import logging
 import math
 import os
 import tempfile
+
+from . import caches, settings
 
 log = logging.getLogger("ringsp")
 
@@ -46,11 +53,10 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "di
 _state = {
     "installed": None,  # key -> entry, set by install(): consistent mode
     "resolved": {},     # key -> entry resolved in this process
-    "disk": None,       # key -> entry of the disk cache, read once
     "shipped": None,    # key -> entry of the shipped table, read once
     "cache_dir": None,  # override of the cache folder (tests, tune --cache-dir)
-    "versions": None,   # versions of torch/triton/cuDNN, for the disk cache's file name
 }
+_disk_tables = {}  # disk-cache file -> its entries, read once
 stats = {"measured": 0, "fallback": 0, "disk": 0, "shipped": 0, "installed": 0}
 _listeners = []
 
@@ -170,30 +176,30 @@ def write_table(path, entries, meta=None, merge=True):
 
 
 def cache_dir():
+    """The disk cache's folder: reset(cache_dir=...), else RINGSP_CACHE_DIR (ringsp_kernels.settings)."""
     if _state["cache_dir"] is not None:
         return _state["cache_dir"]
-    if os.environ.get("RINGSP_CACHE_DIR"):
-        return os.environ["RINGSP_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ringsp")
+    return settings.current().cache_dir
 
 
-def set_versions(versions):
-    """The software versions the disk cache is keyed on (cuda.py passes torch, triton, cuDNN)."""
-    if versions != _state["versions"]:
-        _state["versions"], _state["disk"] = dict(versions), None
+def _check_versions(versions):
+    if not isinstance(versions, dict):
+        raise TypeError(f"versions must be a dict of software versions, got {type(versions).__name__}")
 
 
-def cache_path():
-    """This process's disk-cache file: one per set of versions (the device is in each key)."""
-    blob = json.dumps(_state["versions"] or {}, sort_keys=True).encode()
+def cache_path(versions):
+    """The disk-cache file of `versions` (the device is in each key)."""
+    _check_versions(versions)
+    blob = json.dumps(versions, sort_keys=True, default=str).encode()
     return os.path.join(cache_dir(), f"dispatch-{hashlib.sha256(blob).hexdigest()[:16]}.json")
 
 
-def _disk():
-    if _state["disk"] is None:
-        _state["disk"] = read_table(cache_path())
-    return _state["disk"]
+def _disk(versions):
+    path = cache_path(versions)
+    table = _disk_tables.get(path)
+    if table is None:
+        table = _disk_tables[path] = read_table(path)
+    return table
 
 
 def _shipped():
@@ -252,9 +258,10 @@ def consistent():
     return _state["installed"] is not None
 
 
-def lookup(key):
+def lookup(key, versions):
     """The entry for `key` if one is known without measuring, else None (local mode) -- in
-    consistent mode always an entry (the fallback rule fills gaps)."""
+    consistent mode always an entry (the fallback rule fills gaps). `versions`: the software
+    versions whose disk cache to read."""
     hit = _state["resolved"].get(key)
     if hit is not None:
         return hit
@@ -262,30 +269,30 @@ def lookup(key):
         entry = _state["installed"].get(key)
         stats["installed" if entry is not None else "fallback"] += 1
         return _remember(key, entry if entry is not None else fallback(key, _state["installed"]))
-    for name, table in (("disk", _disk()), ("shipped", _shipped())):
+    for name, table in (("disk", _disk(versions)), ("shipped", _shipped())):
         if key in table:
             stats[name] += 1
             return _remember(key, table[key])
     return None
 
 
-def resolve(key, measure=None):
+def resolve(key, versions, measure=None):
     """The entry for `key`. In local mode a class no table knows is measured by
-    `measure()` (-> entry) and saved to the disk cache; without `measure` (a CUDA graph
-    capture, a forced path) it gets the fallback rule, not remembered, so a later eager
-    call can still measure it."""
-    entry = lookup(key)
+    `measure()` (-> entry) and saved to the disk cache of `versions`; without `measure` (a
+    CUDA graph capture, a forced path) it gets the fallback rule, not remembered, so a later
+    eager call can still measure it."""
+    entry = lookup(key, versions)
     if entry is not None:
         return entry
     if measure is None:
         stats["fallback"] += 1
-        return fallback(key, {**_shipped(), **_disk()})
+        return fallback(key, {**_shipped(), **_disk(versions)})
     entry = measure()
     if not valid_entry(entry):
         raise ValueError(f"measurement of {key} returned an invalid entry {entry!r}")
     stats["measured"] += 1
     entry = dict(entry, source="measured")
-    _save(key, entry)
+    _save(key, entry, versions)
     return _remember(key, entry)
 
 
@@ -294,34 +301,36 @@ def _remember(key, entry):
     return entry
 
 
-def _save(key, entry):
-    _disk()[key] = entry
+def _save(key, entry, versions):
+    _disk(versions)[key] = entry
     try:
-        write_table(cache_path(), {key: entry}, meta={"versions": _state["versions"]})
+        write_table(cache_path(versions), {key: entry}, meta={"versions": versions})
     except OSError as e:  # a read-only home: the choice still holds for this process
-        log.warning("ringsp: cannot write the dispatch cache %s: %s", cache_path(), e)
+        log.warning("ringsp: cannot write the dispatch cache %s: %s", cache_path(versions), e)
 
 
-def record(entries, meta=None, path=None):
-    """Stores measured entries (the tune command): in this process, the disk cache, and
-    optionally a table file (the shipped table). Returns the merged table of `path`."""
+def record(entries, versions, meta=None, path=None):
+    """Stores measured entries (the tune command): in this process, the disk cache of
+    `versions`, and optionally a table file (the shipped table). Returns the merged table of
+    `path`."""
     for key, entry in entries.items():
         if not valid_entry(entry):
             raise ValueError(f"invalid entry for {key}: {entry!r}")
         _state["resolved"][key] = entry
-        _disk()[key] = entry
-    write_table(cache_path(), entries, meta={"versions": _state["versions"]})
+        _disk(versions)[key] = entry
+    write_table(cache_path(versions), entries, meta={"versions": versions})
     _changed()
     return write_table(path, entries, meta=meta) if path else None
 
 
-def snapshot():
+def snapshot(versions):
     """Every entry this process would use, as a JSON-able dict, for install() on the peers:
-    the installed table in consistent mode, else shipped < disk cache < this process."""
+    the installed table in consistent mode, else shipped < disk cache of `versions` < this
+    process."""
     if _state["installed"] is not None:
         entries = {**_state["installed"], **_state["resolved"]}
     else:
-        entries = {**_shipped(), **_disk(), **_state["resolved"]}
+        entries = {**_shipped(), **_disk(versions), **_state["resolved"]}
     return {"format": FORMAT, "entries": json.loads(json.dumps(entries))}
 
 
@@ -356,17 +365,23 @@ def uninstall():
 
 def reset(cache_dir=None):
     """Forgets every table read and choice made (tests); `cache_dir` overrides the cache folder."""
-    _state.update(installed=None, resolved={}, disk=None, shipped=None, cache_dir=cache_dir)
+    _state.update(installed=None, resolved={}, shipped=None, cache_dir=cache_dir)
+    _disk_tables.clear()
     for k in stats:
         stats[k] = 0
     _changed()
 
 
 def on_change(fn):
-    """Calls fn() whenever the tables change (cuda.py drops its per-shape memo)."""
+    """Calls fn() whenever the tables change (the CUDA wing drops its per-shape plans);
+    returns a function that removes fn again."""
     _listeners.append(fn)
+    return lambda: _listeners.remove(fn)
 
 
 def _changed():
     for fn in _listeners:
         fn()
+
+
+caches.register("dispatch", reset)

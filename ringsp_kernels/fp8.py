@@ -9,7 +9,7 @@
 bf16/fp16 in and out; the state is ringsp's (acc float32 [B, S, H, D] normalised output, lse
 float32 [B, H, S]), so ring, Ulysses and USP run unchanged, and quantised and native blocks
 mix in one state. The scheme (K smoothing, scales, rounding) is fp8_reference.py's; the
-kernels are triton_fp8.py's. "native" and the name of q's own dtype ("bf16", "fp16", "fp32")
+kernels are the CUDA wing's (cuda/triton_fp8.py, bound by cuda/q8.py). "native" and the name of q's own dtype ("bf16", "fp16", "fp32")
 mean None; a dtype name that is not q's raises rather than converting.
 
 CUDA only: "fp8" needs FP8 tensor cores (compute capability >= 8.9), "int8" >= 8.0. Anything
@@ -24,12 +24,10 @@ schemas of the native ops.
 """
 import torch
 
-from . import checks
+from . import backends
 from .fp8_reference import PRECISIONS
 
-MIN_CAPABILITY = {"fp8": (8, 9), "int8": (8, 0)}
 NATIVE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_capability = {}  # device index -> (major, minor)
 
 
 def quantised(precision, q):
@@ -53,17 +51,21 @@ def quantised(precision, q):
 
 def check_device(q, precision):
     """8-bit attention runs on CUDA GPUs with the tensor cores for it; anything else raises."""
-    if q.device.type != "cuda":
-        raise ValueError(f"precision={precision!r} needs a CUDA GPU (it has no {q.device.type} kernel); "
+    backend = backends.for_device(q.device.type)
+    if q.device.type != "cuda" or backend is None or backend.check_precision is None:
+        why = "it has no 8-bit kernel here" if q.device.type == "cuda" else f"it has no {q.device.type} kernel"
+        raise ValueError(f"precision={precision!r} needs a CUDA GPU with Triton installed ({why}); "
                          "use precision=None there")
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if index not in _capability:
-        _capability[index] = torch.cuda.get_device_capability(index)
-    need = MIN_CAPABILITY[precision]
-    if _capability[index] < need:
-        raise ValueError(f"precision={precision!r} needs compute capability >= {need[0]}.{need[1]} "
-                         f"({'FP8' if precision == 'fp8' else 'INT8'} tensor cores); {q.device} has "
-                         f"{_capability[index][0]}.{_capability[index][1]}: use precision=None")
+    backend.check_precision(q, precision)
+
+
+def check_precision(precision, q):
+    """None for q's own dtype, else the 8-bit precision, which q's device must be able to run
+    (the parallel layer checks this on every rank before its first collective)."""
+    if precision is None or not quantised(precision, q):
+        return None
+    check_device(q, precision)
+    return precision
 
 
 def attn_fwd(q, k, v, scale, kv_len, precision):
@@ -78,36 +80,6 @@ def attn_step_(q, k, v, acc, lse, scale, kv_len, precision):
     torch.ops.ringsp.attn_step_q8_(q, k, v, acc, lse, scale, kv_len, precision)
 
 
-def _int8(precision):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision == "int8"
-
-
-def _attn_fwd_cuda(q, k, v, scale=None, kv_len=None, precision="fp8"):
-    from . import triton_fp8
-
-    int8 = _int8(precision)
-    kv_len = k.shape[1] if kv_len is None else kv_len
-    B, Sq, H, _ = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    if kv_len == 0 or out.numel() == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-    triton_fp8.attend(q, k, v, out, lse, checks.default_scale(q, scale), kv_len, int8, has_state=False)
-    return out, lse
-
-
-def _attn_step_cuda(q, k, v, acc, lse, scale=None, kv_len=None, precision="fp8"):
-    from . import triton_fp8
-
-    int8 = _int8(precision)
-    kv_len = k.shape[1] if kv_len is None else kv_len
-    if kv_len == 0 or q.numel() == 0:  # an empty block leaves the state as it is
-        return
-    triton_fp8.attend(q, k, v, acc, lse, checks.default_scale(q, scale), kv_len, int8, has_state=True)
-
-
 def _no_kernel(q, *args, **kwargs):
     raise ValueError(f"8-bit attention (precision='fp8'/'int8') needs a CUDA GPU; q is on {q.device}")
 
@@ -120,8 +92,6 @@ def _define_ops():
                "-> (Tensor, Tensor)")
     lib.define("attn_step_q8_(Tensor q, Tensor k, Tensor v, Tensor(a!) acc, Tensor(b!) lse, float? scale, "
                "int? kv_len, str precision) -> ()")
-    lib.impl("attn_fwd_q8", _attn_fwd_cuda, "CUDA")
-    lib.impl("attn_step_q8_", _attn_step_cuda, "CUDA")
     for name in ("attn_fwd_q8", "attn_step_q8_"):
         lib.impl(name, _no_kernel, "CPU")
 

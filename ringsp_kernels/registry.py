@@ -1,13 +1,15 @@
-"""Binds the `ringsp` op schemas (defined in C++, csrc/) to their backends and fake kernels.
-
-CPU kernels come with the C++ library; CUDA kernels are Triton (cuda.py); fake
-implementations let the ops run under torch.compile and on meta tensors.
-"""
+"""Op registration: the `ringsp` op schemas and CPU kernels (defined in C++, csrc/, loaded by
+the cpu wing), the 8-bit op schemas (fp8.py), fake implementations (so the ops run under
+torch.compile and on meta tensors), and every registered backend's kernels bound to its
+dispatch key. Each wing registers its Backend when imported; this module binds them."""
 import torch
 
-from ._library import load_ops_library
+from . import backends
+from . import cpu  # noqa: F401  (first: loads the C++ library that defines the `ringsp` schemas)
+from . import fp8  # noqa: F401  (the 8-bit op schemas)
+from . import cuda, npu  # noqa: F401  (each registers its Backend; cuda only where Triton is installed)
 
-load_ops_library()
+_bound = set()  # (op name, dispatch key) pairs already bound in this process
 
 
 @torch.library.register_fake("ringsp::attn_fwd")
@@ -26,25 +28,16 @@ def _merge_fake(acc, lse, out_blk, lse_blk):
     return None
 
 
-def _register_cuda():
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # no Triton: CUDA tensors get a clear error from the dispatcher
-        return
-    from . import cuda
-
-    for name in ("attn_fwd", "attn_step_", "merge_"):
-        torch.library.impl(f"ringsp::{name}", "CUDA")(getattr(cuda, name))
-
-
-_register_cuda()
+def bind_backends():
+    """Binds each registered backend's ops to its dispatch key, once per (op, key): binding a
+    kernel over another would replace it with a warning."""
+    for backend in backends.registered():
+        if backend.dispatch_key is None:
+            continue
+        for name, fn in backend.ops.items():
+            if (name, backend.dispatch_key) not in _bound:
+                torch.library.impl(f"ringsp::{name}", backend.dispatch_key)(fn)
+                _bound.add((name, backend.dispatch_key))
 
 
-def _register_npu():
-    # binds the NPU (PrivateUse1) kernels; imports no torch_npu until an NPU op runs
-    from . import npu
-
-    npu.register()
-
-
-_register_npu()
+bind_backends()

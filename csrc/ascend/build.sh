@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the AscendC fused merge into OUT_DIR (default: ringsp_kernels/, where
-# ringsp_kernels/npu.py looks for _ascend_C.so). Needs the CANN toolkit (source its
+# ringsp_kernels/npu/backend.py looks for _ascend_C.so). Needs the CANN toolkit (source its
 # set_env.sh first), cmake, and torch + torch_npu in $PYTHON.
 #
 #   bash csrc/ascend/build.sh [OUT_DIR]

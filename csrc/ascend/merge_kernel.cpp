@@ -5,7 +5,7 @@
 // never depends on how ln(0) or x/0 behave in the core's INF/NAN or saturation mode); the
 // host turns NEG_BIG back into -inf when it copies lse back.
 //
-// Arithmetic: ringsp_kernels/npu_merge.py:merge_weights, step for step (the CPU tests check
+// Arithmetic: ringsp_kernels/npu/merge.py:merge_weights, step for step (the CPU tests check
 // that formulation against a float64 reference; keep the two in lockstep). -inf is clamped
 // to a finite NEG_BIG and "has this side seen a key" becomes a 0/1 factor, because the
 // vector unit has no cheap per-element branch and inf - inf would give NaN.

@@ -1,5 +1,5 @@
 // Registers ringsp::npu_merge_rows_ for the PrivateUse1 (NPU) dispatch key: the host side of
-// the AscendC fused merge (merge_kernel.cpp). ringsp_kernels/npu_merge.py prepares the
+// the AscendC fused merge (merge_kernel.cpp). ringsp_kernels/npu/merge.py prepares the
 // operands and the tiling; this file re-checks everything the kernel would otherwise trust
 // (a bad tiling here is an out-of-bounds write on the device), then queues the launch on
 // torch_npu's task queue so it stays ordered with the surrounding torch_npu ops.

@@ -1,4 +1,4 @@
-// The work split of the fused merge, computed on the host (ringsp_kernels/npu_merge.py,
+// The work split of the fused merge, computed on the host (ringsp_kernels/npu/merge.py,
 // checked again in merge_op.cpp) and passed to the kernel by value. Shared by the AscendC
 // kernel and the host op, so it holds only plain integers.
 //
@@ -12,7 +12,7 @@
 
 #include <cstdint>
 
-// ringsp_kernels/npu_merge.py mirrors these; tests/kernels/test_npu.py checks they agree.
+// ringsp_kernels/npu/merge.py mirrors these; tests/kernels/test_npu.py checks they agree.
 #define RINGSP_ROW_ALIGN 8
 #define RINGSP_UB_BUDGET (160 * 1024)
 #define RINGSP_BUFFER_NUM 2

@@ -21,18 +21,16 @@ of a shape runs uncaptured, the second records, later ones replay: warm up with
 `CUDA_GRAPH_WARMUP_FORWARDS` forwards. Refused with a one-line ValueError where it cannot
 work (not CUDA, an SP group on gloo, a torch without the tag).
 """
-import os
-
 import torch
 import torch.distributed as dist
 from torch.utils import _pytree as pytree
 
+import ringsp_kernels as rk
 from ringsp.parallel.sp_op import CUDAGRAPH_UNSAFE
 
 MODES = ("regional", "full")
-# torch.compile's backend where the caller names none: $RINGSP_COMPILE_BACKEND, else Inductor.
-# Tests set aot_eager to check the whole path without Inductor's C++ build (minutes on 2 cores).
-BACKEND_ENV = "RINGSP_COMPILE_BACKEND"
+# torch.compile's backend where the caller names none: RINGSP_COMPILE_BACKEND (ringsp_kernels.settings), else
+# Inductor. Tests set aot_eager to check the whole path without Inductor's C++ build (minutes on 2 cores).
 CUDA_GRAPH_WARMUP_FORWARDS = 3  # uncaptured, recording, first replay
 _ATTR = "_ringsp_compiled"
 _PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")
@@ -47,7 +45,7 @@ def compile_transformer(transformer, mode="regional", cuda_graphs=False, **compi
         raise TypeError(f"transformer must be a torch.nn.Module, got {type(transformer).__name__}")
     if getattr(transformer, _ATTR, None) is not None:
         raise ValueError("this transformer is already compiled; call uncompile_transformer first")
-    kwargs = {"fullgraph": True, "backend": os.environ.get(BACKEND_ENV, "inductor"), **compile_kwargs}
+    kwargs = {"fullgraph": True, "backend": rk.settings.current().compile_backend, **compile_kwargs}
     if cuda_graphs:
         problem = cuda_graphs_problem(transformer)
         if problem:

@@ -66,9 +66,9 @@ def check_adapter_target(transformer, ctx):
 def check_precision_name(precision):
     """The adapters' attention_precision: None, or an 8-bit precision of the ops layer (whether
     the device runs it is checked at the first forward, on every rank alike)."""
-    from ringsp_kernels.fp8_reference import PRECISIONS
+    import ringsp_kernels as rk
 
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"attention_precision must be None (the activations' dtype) or one of {PRECISIONS}, "
+    if precision is not None and precision not in rk.PRECISIONS:
+        raise ValueError(f"attention_precision must be None (the activations' dtype) or one of {rk.PRECISIONS}, "
                          f"got {precision!r}")
     return precision

@@ -8,9 +8,10 @@ turns that refusal into a warning. A package that is not installed is not checke
 "models" extra is optional; what needs it says so when it is used).
 """
 import importlib.metadata
-import os
 import re
 import warnings
+
+import ringsp_kernels as rk
 
 # package -> (lowest tested release, first release series not tested); the same ranges as
 # pyproject.toml's "models" extra (tests/models/test_tested_versions.py keeps them equal)
@@ -60,14 +61,15 @@ def untested(package, version):
 
 
 def check_tested_versions(env=None):
-    """Raises UntestedVersionError for the first installed package outside its tested range."""
-    env = os.environ if env is None else env
+    """Raises UntestedVersionError for the first installed package outside its tested range;
+    env: an environment to read the settings from (default: this process's settings)."""
+    allow = (rk.settings.current() if env is None else rk.settings.read(env)).allow_untested
     for package in TESTED:
         version = installed_version(package)
         message = None if version is None else untested(package, version)
         if message is None:
             continue
-        if env.get(OVERRIDE_ENV) == "1":
+        if allow:
             warnings.warn(message + f" -- {OVERRIDE_ENV}=1: going on untested", RuntimeWarning, stacklevel=2)
         else:
             raise UntestedVersionError(message)

@@ -22,17 +22,18 @@ CHECK_EVERY_CALL = True (or RINGSP_CHECK_EVERY_CALL=1) to check every call while
 import hashlib
 import json
 import math
-import os
 
 import torch
 import torch.distributed as dist
+
+import ringsp_kernels as rk
 
 from .devices import control_device
 from .gather import all_gather_cat
 
 __all__ = ["agree", "describe", "dtype_name", "Checksum", "disagreement_message"]
 
-CHECK_EVERY_CALL = os.environ.get("RINGSP_CHECK_EVERY_CALL", "0") == "1"
+CHECK_EVERY_CALL = rk.settings.current().check_every_call  # RINGSP_CHECK_EVERY_CALL, read once
 _verified = set()
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ringsp_kernels.checks import DTYPES, MAX_HEAD_DIM
-from ringsp_kernels.fp8 import check_device, quantised
+import ringsp_kernels as rk
 
 from . import agreement
 from .agreement import agree, describe
@@ -26,29 +25,12 @@ class AttentionArgs:
     precision: str | None = None  # None: q's dtype; "fp8" / "int8": 8-bit attention inside (CUDA)
 
 
-def _check_tensor(name, t, like=None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be [B, S, H, D], got shape {tuple(t.shape)}")
-    if like is None:
-        return
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but q has {like.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device} but q is on {like.device}")
-
-
-def _check_qkv(q, k, v):
-    _check_tensor("q", q)
-    if q.dtype not in DTYPES:
-        raise TypeError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
-    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
-        raise ValueError(f"head dim {q.shape[3]} is not supported (1..{MAX_HEAD_DIM})")
+def _check_qkv(q, k, v, scale):
+    """The ops' checks (ringsp_kernels.check_qkv), then what shards add: k/v of q's shape."""
+    rk.check_qkv(q, k, v, scale)
     if q.shape[1] == 0:
         raise ValueError("q has an empty local sequence (S_local = 0)")
     for name, t in (("k", k), ("v", v)):
-        _check_tensor(name, t, q)
         if t.shape != q.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)} (self-attention shards)")
 
@@ -61,10 +43,10 @@ def _check_joint(q, joint_q, joint_k, joint_v, joint_len):
         return None
     if not all(given):
         raise ValueError("joint_q, joint_k and joint_v must be given together")
-    for name, t in (("joint_q", joint_q), ("joint_k", joint_k), ("joint_v", joint_v)):
-        _check_tensor(name, t, q)
-        if t.shape != joint_q.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but joint_q has {tuple(joint_q.shape)}")
+    rk.check_like("joint_q", joint_q, q)
+    rk.check_qkv(joint_q, joint_k, joint_v, names=("joint_q", "joint_k", "joint_v"))
+    if joint_k.shape != joint_q.shape:
+        raise ValueError(f"joint_k has shape {tuple(joint_k.shape)} but joint_q has {tuple(joint_q.shape)}")
     for dim, what in ((0, "batch"), (2, "heads"), (3, "head dim")):
         if joint_q.shape[dim] != q.shape[dim]:
             raise ValueError(f"joint_q has {what} {joint_q.shape[dim]} but q has {q.shape[dim]}")
@@ -80,14 +62,6 @@ def _check_joint(q, joint_q, joint_k, joint_v, joint_len):
 
 _passed = {}  # call signature -> (seq_len, scale, joint_len, precision) of a call that passed the checks
 _MAX_PASSED = 4096
-
-
-def _check_precision(precision, q):
-    """None for q's own dtype, else the 8-bit precision (which this device must run)."""
-    if precision is None or not quantised(precision, q):
-        return None
-    check_device(q, precision)
-    return precision
 
 
 def _signature(op, group, q, k, v, seq_len, scale, joint_q, joint_k, joint_v, joint_len, extra, precision):
@@ -131,12 +105,10 @@ def _prepare_checked(op, group, sp_world, q, k, v, seq_len, scale, joint_q, join
                      precision):
     error, args = None, None
     try:
-        _check_qkv(q, k, v)
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+        _check_qkv(q, k, v, scale)
         seq_len = check_seq_len(seq_len, q.shape[1], sp_world)
         joint = _check_joint(q, joint_q, joint_k, joint_v, joint_len)
-        mode = _check_precision(precision, q)
+        mode = rk.check_precision(precision, q)
         args = AttentionArgs(q, k, v, seq_len, None if scale is None else float(scale), joint, mode)
     except (TypeError, ValueError) as exc:
         error = exc

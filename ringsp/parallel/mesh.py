@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ringsp_kernels import dispatch, fa4
+import ringsp_kernels as rk
 
 from .agreement import agree
 from .config import ParallelConfig
@@ -96,9 +96,9 @@ def init_parallel(config, group=None, timeout=None):
         error = ValueError(f"config {config} needs {config.world_size} ranks but the group has {world}")
     fields = {"ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree,
               "cfg_degree": config.cfg_degree, "world_size": world,
-              # rank 0's kernel table names FA4 where it was fastest: each rank picks among the
-              # paths it can run, so ranks must be able to run the same ones
-              "FlashAttention-4 path": fa4.version() if fa4.available() else "unavailable"}
+              # the RINGSP_* switches and the kernel paths each rank can run: ranks that differ
+              # would choose different kernels or checks, so every rank refuses here
+              **rk.agreed_fields()}
     agree(group, "init_parallel", fields, error, cache=False)  # rare: always exchange
     parent_ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
     me = parent_ranks[rank]
@@ -122,13 +122,14 @@ def init_parallel(config, group=None, timeout=None):
 
 def _share_kernel_choices(group, world):
     """Every rank runs with rank 0's table of kernel choices (path and Triton config per
-    shape class): a choice timed on each rank alone could differ, and then so would the
-    replicated text outputs, which every rank computes itself."""
+    shape class, including its machine's tuned disk cache): a choice timed on each rank
+    alone could differ, and then so would the replicated text outputs, which every rank
+    computes itself."""
     if world == 1:
         return
-    box = [dispatch.snapshot() if dist.get_rank(group) == 0 else None]
+    box = [rk.choices_snapshot() if dist.get_rank(group) == 0 else None]
     dist.broadcast_object_list(box, group=group, group_src=0)
-    dispatch.install(box[0])
+    rk.install_choices(box[0])
 
 
 def _warm_up(ctx):

@@ -11,8 +11,6 @@ state over its own image block first and starts gathering those states before th
 loop, so the gather runs under the ring's compute; the text queries' result merges the
 gathered states in rank order on every rank, so it is the same on every rank.
 """
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
@@ -24,26 +22,14 @@ from .groups import size_rank
 from .layout import block_kv_len
 
 
-@dataclass(frozen=True)
-class Skips:
-    """Benchmark switches (results are WRONG while one is set): `transfers` keeps attending
-    to the rank's own block instead of exchanging (compute without communication),
-    `compute` skips the attention steps (the exchange alone)."""
-
-    transfers: bool = False
-    compute: bool = False
-
-
-NO_SKIPS = Skips()
-
-
 class RingLoop:
     """One rank's ring loop over `size` blocks, in three phases per step (begin: start the
     next block's transfer; attend: the step on the current block; end: wait and swap), so
-    that a test can drive the ranks of a virtual ring in lockstep on one device."""
+    that a test can drive the ranks of a virtual ring in lockstep on one device, and a
+    benchmark (bench/sp_attention.py) can time one phase without the other."""
 
-    def __init__(self, q, kv, size, rank, seq_len, scale, exchange, skips=NO_SKIPS, precision=None):
-        self.q, self.size, self.rank, self.scale, self.skips = q, size, rank, scale, skips
+    def __init__(self, q, kv, size, rank, seq_len, scale, exchange, precision=None):
+        self.q, self.size, self.rank, self.scale = q, size, rank, scale
         self.precision = precision
         block = q.shape[1]
         self.kv_len = [block_kv_len(seq_len, j, block) for j in range(size)]
@@ -56,14 +42,14 @@ class RingLoop:
 
     def begin(self, step):
         self._handle = None
-        if step < self.size - 1 and not self.skips.transfers:
+        if step < self.size - 1:
             src = self.src(step)
             self._handle = self.exchange.start(self.cur, self.spare, send=self.kv_len[src] > 0,
                                                recv=self.kv_len[(src - 1) % self.size] > 0)
 
     def attend(self, step):
         n = self.kv_len[self.src(step)]
-        if n > 0 and not self.skips.compute:
+        if n > 0:
             rk.attn_step_(self.q, self.cur[0], self.cur[1], self.acc, self.lse, self.scale, n, self.precision)
 
     def end(self, step):
@@ -81,7 +67,7 @@ class RingLoop:
         return rk.finalize(self.acc, self.lse, self.q.dtype)
 
 
-def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS, precision=None):
+def ring_pass(q, kv, group, seq_len, scale=None, joint=None, precision=None):
     """Attention of q [B, L, H, D] over the ring's blocks; kv is this rank's block, a
     [2, B, L, H, D] tensor or a (k, v) pair (ring position = rank in `group`, see groups.py).
     Block j's valid keys are block_kv_len(seq_len, j, L). joint = (joint_q, joint_k, joint_v,
@@ -94,7 +80,7 @@ def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS, pre
     if not isinstance(kv, torch.Tensor):
         kv = torch.stack(kv)
     kv = kv.contiguous()  # P2P needs it; a no-op for stacked buffers
-    loop = RingLoop(q, kv, size, rank, seq_len, scale, ring_exchange(group, q.device), skips, precision)
+    loop = RingLoop(q, kv, size, rank, seq_len, scale, ring_exchange(group, q.device), precision)
     if joint is None:
         return loop.run(), None
     gather = _start_text_gather(joint, kv, loop.kv_len[rank], scale, group, precision)
@@ -164,4 +150,4 @@ def ring_attention(q, k, v, group=None, seq_len=None, *, joint_q=None, joint_k=N
     return out if a.joint is None else (out, joint_out)
 
 
-__all__ = ["ring_attention", "ring_pass", "RingLoop", "Skips", "NO_SKIPS"]
+__all__ = ["ring_attention", "ring_pass", "RingLoop"]

@@ -18,7 +18,7 @@ from .attention_args import prepare
 from .comm import all_to_all
 from .gather import all_gather_cat
 from .groups import SINGLE, size_rank
-from .ring import NO_SKIPS, ring_pass
+from .ring import ring_pass
 
 
 def _pad_heads(t, heads):
@@ -61,7 +61,7 @@ def _joint_heads(joint, group):
     return tuple(_pad_heads(t, u * local_heads)[:, :, sl].contiguous() for t in joint[:3]) + (joint[3],)
 
 
-def sp_pass(a, uly_group, ring_group, skips=NO_SKIPS):
+def sp_pass(a, uly_group, ring_group):
     """Ulysses inside, ring across: this rank's output shard (and replicated joint_out)."""
     u, _ = size_rank(uly_group)
     heads = a.q.shape[2]
@@ -70,7 +70,7 @@ def sp_pass(a, uly_group, ring_group, skips=NO_SKIPS):
     else:
         q_h, k_h, v_h = seq_to_heads(a.q, a.k, a.v, uly_group)
         kv_h = (k_h, v_h)
-    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group), skips,
+    out_h, joint_h = ring_pass(q_h, kv_h, ring_group, a.seq_len, a.scale, _joint_heads(a.joint, uly_group),
                                a.precision)
     out = out_h if u == 1 else heads_to_seq(out_h, uly_group, heads)
     if a.joint is None:

@@ -45,3 +45,32 @@ def test_main_without_cuda_exits_cleanly():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
     assert bench.main([]) == 2
+
+
+def _one_phase_passes():
+    """The benchmark's one-phase ring loops on gloo (a ring over WORLD, no Ulysses): compute
+    only attends to the rank's own block, transfers only attends to nothing, and the library's
+    own pass after them is exact."""
+    import torch.distributed as dist
+
+    from ringsp.parallel.attention_args import prepare
+    from ringsp.parallel.groups import SINGLE
+    from ringsp.parallel.ulysses import sp_pass
+    from tests.parallel.helpers import joint_reference, max_error, random_tensors, shards
+
+    q, k, v = random_tensors(3, *[(1, 8, 2, 16)] * 3)
+    local = shards(None, q, k, v)
+    own, _ = joint_reference(*local)  # attention over this rank's own block only
+    a = prepare("ring_attention", None, dist.get_world_size(), *local, None, None, None, None, None, None)
+    compute_only, transfers_only = (bench.sp_pass_with(loop, a, SINGLE, None) for loop in bench.one_phase_loops())
+    full = sp_pass(a, SINGLE, None)  # nothing stays switched: the library's pass is the real one
+    ref, _ = joint_reference(q, k, v)
+    return ((compute_only.double() - own).abs().max().item(), transfers_only.abs().max().item(),
+            max_error(full, ref, dist.get_rank(), dist.get_world_size()))
+
+
+def test_one_phase_loops_skip_transfers_or_compute():
+    from tests.mp_pool import run_distributed
+
+    for own_err, no_compute_max, full_err in run_distributed(2, _one_phase_passes):
+        assert own_err < 1e-5 and no_compute_max == 0.0 and full_err < 1e-5

@@ -19,10 +19,10 @@ def _run(argv, tmp_path, capsys):
     return code, capsys.readouterr().out, json.loads(report_path.read_text())
 
 
-def test_compiled_two_process_run_equals_single_process(tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_compiled_two_process_run_equals_single_process(tiny_model_dir, tmp_path, capsys, ringsp_env):
     # aot_eager: the whole compile path (Dynamo, fake kernels, functionalisation) without
     # Inductor's C++ build; the spawned workers inherit the variable.
-    monkeypatch.setenv("RINGSP_COMPILE_BACKEND", "aot_eager")
+    ringsp_env.set("RINGSP_COMPILE_BACKEND", "aot_eager")
     code, out, report = _run(["--model-path", tiny_model_dir, "--num-gpus", "2", "--ring-degree", "2", "--compile",
                               "--compare-single"], tmp_path, capsys)
     assert code == 0, out
@@ -35,9 +35,9 @@ def test_compiled_two_process_run_equals_single_process(tiny_model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_inductor_compiled_run_on_cpu(tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_inductor_compiled_run_on_cpu(tiny_model_dir, tmp_path, capsys, ringsp_env):
     """Inductor's own CPU code generation, one process, the whole transformer compiled."""
-    monkeypatch.delenv("RINGSP_COMPILE_BACKEND", raising=False)
+    ringsp_env.unset("RINGSP_COMPILE_BACKEND")
     code, out, report = _run(["--model-path", tiny_model_dir, "--compile", "full", "--compare-single"],
                              tmp_path, capsys)
     assert code == 0, out

@@ -26,14 +26,14 @@ class TritonBackend:
 
     @staticmethod
     def attn_fwd(q, k, v, scale=None, kv_len=None):
-        from ringsp_kernels import cuda
+        from ringsp_kernels.cuda import ops as cuda
 
         kv_len = checks.check_qkv(q, k, v, scale, kv_len)
         return cuda.attn_fwd(q, k, v, scale, kv_len)
 
     @staticmethod
     def attn_step_(q, k, v, acc, lse, scale=None, kv_len=None):
-        from ringsp_kernels import cuda
+        from ringsp_kernels.cuda import ops as cuda
 
         kv_len = checks.check_qkv(q, k, v, scale, kv_len)
         checks.check_state(q, acc, lse)
@@ -41,7 +41,7 @@ class TritonBackend:
 
     @staticmethod
     def merge_(acc, lse, out_blk, lse_blk):
-        from ringsp_kernels import cuda
+        from ringsp_kernels.cuda import ops as cuda
 
         checks.check_merge(acc, lse, out_blk, lse_blk)
         cuda.merge_(acc, lse, out_blk, lse_blk)

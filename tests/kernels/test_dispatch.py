@@ -5,22 +5,21 @@ import random
 
 import pytest
 
-from ringsp_kernels import dispatch, timing
+from ringsp_kernels import dispatch
+from ringsp_kernels.cuda import timing
 
 DEV = "NVIDIA H200"
 T = {"path": "triton", "config": [128, 128, 8, 3, False]}
 C = {"path": "cudnn", "config": [128, 64, 8, 3, True]}
+V = {"torch": "t", "triton": "x", "cudnn": 1}  # the software versions whose disk cache is used
 
 
 @pytest.fixture(autouse=True)
 def fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(dispatch, "SHIPPED", str(tmp_path / "shipped.json"))
-    versions = dispatch._state["versions"]
     dispatch.reset(cache_dir=str(tmp_path / "cache"))
-    dispatch.set_versions({"torch": "t", "triton": "x", "cudnn": 1})
     yield
     dispatch.reset()
-    dispatch._state["versions"] = versions  # the real ones, for GPU tests in the same process
 
 
 def key(Sq=4096, Sk=4096, H=12, D=128, op="step", dtype="bfloat16", B=1, dev=DEV):
@@ -53,31 +52,28 @@ def test_keys_bucket_sizes_and_round_trip():
 
 def test_a_class_is_measured_once_then_read_from_disk_in_a_new_process():
     m = Counter(C)
-    assert dispatch.resolve(key(Sq=3000), m)["path"] == "cudnn"
-    assert dispatch.resolve(key(Sq=4000), m)["path"] == "cudnn"  # same class: no new timing
+    assert dispatch.resolve(key(Sq=3000), V, m)["path"] == "cudnn"
+    assert dispatch.resolve(key(Sq=4000), V, m)["path"] == "cudnn"  # same class: no new timing
     assert m.calls == 1 and dispatch.stats["measured"] == 1
     cache_dir = dispatch.cache_dir()
     dispatch.reset(cache_dir=cache_dir)  # a new process: memory gone, disk cache stays
-    dispatch.set_versions({"torch": "t", "triton": "x", "cudnn": 1})
-    assert dispatch.resolve(key(Sq=3000), m)["path"] == "cudnn" and m.calls == 1
+    assert dispatch.resolve(key(Sq=3000), V, m)["path"] == "cudnn" and m.calls == 1
     assert dispatch.stats["disk"] == 1
     dispatch.reset(cache_dir=cache_dir)  # other versions: another file, measured again
-    dispatch.set_versions({"torch": "t2", "triton": "x", "cudnn": 1})
-    dispatch.resolve(key(Sq=3000), m)
+    dispatch.resolve(key(Sq=3000), dict(V, torch="t2"), m)
     assert m.calls == 2
 
 
 def test_corrupt_or_foreign_cache_files_are_ignored_and_rewritten(caplog):
-    dispatch.resolve(key(), Counter(T))
-    path = dispatch.cache_path()
+    dispatch.resolve(key(), V, Counter(T))
+    path = dispatch.cache_path(V)
     for junk in ("{not json", json.dumps([1, 2]), json.dumps({"format": 99, "entries": {}}),
                  json.dumps({"format": 1, "entries": {key(): {"path": "gpu", "config": [1]}, "bad": T}})):
         with open(path, "w") as f:
             f.write(junk)
         dispatch.reset(cache_dir=dispatch.cache_dir())
-        dispatch.set_versions({"torch": "t", "triton": "x", "cudnn": 1})
         m = Counter(C)
-        assert dispatch.resolve(key(), m)["path"] == "cudnn" and m.calls == 1
+        assert dispatch.resolve(key(), V, m)["path"] == "cudnn" and m.calls == 1
         assert dispatch.read_table(path)[key()]["path"] == "cudnn"  # rewritten, valid again
     assert "ignored" in caplog.text or "dropped" in caplog.text
 
@@ -87,33 +83,33 @@ def test_unwritable_cache_keeps_the_choice_in_memory(tmp_path):
     blocker.write_text("")
     dispatch.reset(cache_dir=str(blocker / "sub"))  # a folder below a file cannot be made
     m = Counter(T)
-    dispatch.resolve(key(), m)
-    dispatch.resolve(key(), m)
+    dispatch.resolve(key(), V, m)
+    dispatch.resolve(key(), V, m)
     assert m.calls == 1
 
 
 def test_shipped_table_is_used_and_disk_cache_wins_over_it():
     dispatch.write_table(dispatch.SHIPPED, {key(): C, key(Sq=64): C})
-    dispatch.write_table(dispatch.cache_path(), {key(Sq=64): T})
+    dispatch.write_table(dispatch.cache_path(V), {key(Sq=64): T})
     m = Counter(T)
-    assert dispatch.resolve(key(), m)["path"] == "cudnn"
-    assert dispatch.resolve(key(Sq=64), m)["path"] == "triton"
+    assert dispatch.resolve(key(), V, m)["path"] == "cudnn"
+    assert dispatch.resolve(key(Sq=64), V, m)["path"] == "triton"
     assert m.calls == 0 and dispatch.stats["shipped"] == 1 and dispatch.stats["disk"] == 1
 
 
 def test_snapshot_install_round_trip_and_consistent_mode_never_measures():
     dispatch.write_table(dispatch.SHIPPED, {key(dev="A100"): T})
-    dispatch.resolve(key(), Counter(C))
-    snap = json.loads(json.dumps(dispatch.snapshot()))  # survives pickling / JSON transport
+    dispatch.resolve(key(), V, Counter(C))
+    snap = json.loads(json.dumps(dispatch.snapshot(V)))  # survives pickling / JSON transport
     assert set(snap["entries"]) == {key(), key(dev="A100")}
     dispatch.reset(cache_dir=dispatch.cache_dir() + "-other-rank")
     dispatch.install(snap)
     assert dispatch.consistent() and dispatch.fingerprint() is not None
     never = Counter(T)
-    assert dispatch.resolve(key(), never)["path"] == "cudnn"
-    far = dispatch.resolve(key(Sq=64, Sk=64), never)  # missing: nearest class, no timing
+    assert dispatch.resolve(key(), V, never)["path"] == "cudnn"
+    far = dispatch.resolve(key(Sq=64, Sk=64), V, never)  # missing: nearest class, no timing
     assert never.calls == 0 and far["path"] == "cudnn" and far["source"].startswith("nearest")
-    assert dispatch.snapshot()["entries"][key()] == snap["entries"][key()]
+    assert dispatch.snapshot(V)["entries"][key()] == snap["entries"][key()]
     dispatch.uninstall()
     assert not dispatch.consistent() and dispatch.fingerprint() is None
 
@@ -141,31 +137,31 @@ def test_fallback_is_a_pure_function_of_key_and_table():
 
 def test_without_a_measure_the_fallback_is_not_remembered():
     dispatch.write_table(dispatch.SHIPPED, {key(Sq=1024): C})
-    assert dispatch.resolve(key(Sq=64))["path"] == "cudnn"  # capture / forced: no timing
+    assert dispatch.resolve(key(Sq=64), V)["path"] == "cudnn"  # capture / forced: no timing
     m = Counter(T)
-    assert dispatch.resolve(key(Sq=64), m)["path"] == "triton" and m.calls == 1
+    assert dispatch.resolve(key(Sq=64), V, m)["path"] == "triton" and m.calls == 1
 
 
 def test_record_writes_the_table_and_the_cache(tmp_path):
     out = tmp_path / "table.json"
     dispatch.write_table(str(out), {key(dev="A100"): C})
     dispatch.write_table(str(out), {}, meta={"A100": {"date": 1}})
-    merged = dispatch.record({key(): T}, meta={DEV: {"date": 2}}, path=str(out))
+    merged = dispatch.record({key(): T}, V, meta={DEV: {"date": 2}}, path=str(out))
     assert set(merged) == {key(), key(dev="A100")}
     assert json.loads(out.read_text())["meta"] == {"A100": {"date": 1}, DEV: {"date": 2}}
-    assert dispatch.read_table(dispatch.cache_path())[key()] == T
+    assert dispatch.read_table(dispatch.cache_path(V))[key()] == T
     with pytest.raises(ValueError):
-        dispatch.record({key(): {"path": "x"}})
+        dispatch.record({key(): {"path": "x"}}, V)
 
 
 def test_on_change_listeners_fire():
     seen = []
-    dispatch.on_change(lambda: seen.append(1))
+    remove = dispatch.on_change(lambda: seen.append(1))
     try:
         dispatch.install({"format": 1, "entries": {}})
         dispatch.uninstall()
     finally:
-        dispatch._listeners.pop()
+        remove()
     assert len(seen) == 2
 
 
@@ -225,7 +221,7 @@ class FakeJit:
 
 
 def test_cached_kernel_calls_the_launcher_with_all_bound_args(monkeypatch):
-    from ringsp_kernels import fast_launch
+    from ringsp_kernels.cuda import fast_launch
 
     class Chain:
         calls = []
@@ -255,7 +251,7 @@ def test_cached_kernel_calls_the_launcher_with_all_bound_args(monkeypatch):
 
 
 def test_cached_kernel_falls_back_to_the_jit_when_disabled(monkeypatch):
-    from ringsp_kernels import fast_launch
+    from ringsp_kernels.cuda import fast_launch
 
     monkeypatch.setattr(fast_launch, "ENABLED", False)
     jit = FakeJit()
@@ -271,12 +267,12 @@ def test_cached_kernel_falls_back_to_the_jit_when_disabled(monkeypatch):
     assert len(jit.jit_calls) == 5 and ck.fast_calls == 0
 
 
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+def test_cache_dir_follows_the_environment(ringsp_env, monkeypatch, tmp_path):
     dispatch.reset()
-    monkeypatch.setenv("RINGSP_CACHE_DIR", str(tmp_path / "x"))
+    ringsp_env.set("RINGSP_CACHE_DIR", str(tmp_path / "x"))
     assert dispatch.cache_dir() == str(tmp_path / "x")
-    monkeypatch.delenv("RINGSP_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ringsp_env.unset("RINGSP_CACHE_DIR")
+    ringsp_env.set("XDG_CACHE_HOME", str(tmp_path))
     assert dispatch.cache_dir() == os.path.join(str(tmp_path), "ringsp")
 
 
@@ -285,7 +281,8 @@ def test_tune_measures_missing_classes_and_writes_the_table(monkeypatch, tmp_pat
     disk cache are reused, the rest measured, and all of them land in --out."""
     import torch
 
-    from ringsp_kernels import cuda, tune
+    from ringsp_kernels.cuda import ops as cuda
+    from ringsp_kernels.cuda import tune
 
     measured = []
 
@@ -297,8 +294,9 @@ def test_tune_measures_missing_classes_and_writes_the_table(monkeypatch, tmp_pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(cuda, "device_name", lambda index: DEV)
+    monkeypatch.setattr(cuda, "versions", lambda: V)
     monkeypatch.setattr(tune, "measure", fake_measure)
-    dispatch.write_table(dispatch.cache_path(), {key(Sq=1000, Sk=1000, H=4, op="fwd"): T})
+    dispatch.write_table(dispatch.cache_path(V), {key(Sq=1000, Sk=1000, H=4, op="fwd"): T})
     out = tmp_path / "table.json"
     args = ["--set", "", "--shape", "1,1000,1000,4,128,fwd", "--shape", "1,1000,1000,4,128,step",
             "--shape", "1,1001,1001,4,128,step", "--out", str(out)]
@@ -326,7 +324,7 @@ def test_choose_takes_the_fastest_path_this_process_can_run():
 def test_a_table_naming_fa4_loads_and_resolves_without_fa4(tmp_path):
     entry = {"path": "fa4", "config": [128, 128, 8, 3, True], "ms": {"triton:128,128,8,3,1": 3.0, "cudnn": 2.0, "fa4": 1.0}}
     dispatch.write_table(dispatch.SHIPPED, {key(): entry})
-    got = dispatch.resolve(key())
+    got = dispatch.resolve(key(), V)
     assert got["path"] == "fa4" and dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"
 
 
@@ -335,3 +333,13 @@ def test_the_fallback_carries_the_nearest_timings_for_choose():
     got = dispatch.fallback(key(Sq=8192, Sk=8192), {key(Sq=16384, Sk=16384): entry})
     assert got["path"] == "fa4" and got["ms"] == entry["ms"]
     assert dispatch.choose(got, {"triton", "cudnn"}) == "cudnn"
+
+
+def test_the_old_tune_command_still_runs_with_a_deprecation_warning():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ringsp_kernels.tune", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "python -m ringsp_kernels.cuda.tune" in run.stdout and "deprecated" in run.stderr

@@ -1,4 +1,4 @@
-"""The optional FlashAttention-4 path (ringsp_kernels/fa4.py) without a GPU: availability,
+"""The optional FlashAttention-4 path (ringsp_kernels/cuda/fa4.py) without a GPU: availability,
 the shapes it is offered, and how the CUDA dispatcher uses it (with a stand-in FA4).
 The numerics of the real FA4 path are checked on the GPU in test_ops_gpu.py."""
 import sys
@@ -7,37 +7,39 @@ import types
 import pytest
 import torch
 
-from ringsp_kernels import dispatch, fa4
+import ringsp_kernels as rk
+from ringsp_kernels.cuda import fa4
 
 
 @pytest.fixture
-def fresh_fa4(monkeypatch):
-    monkeypatch.setattr(fa4, "_state", {"fwd": None, "public": False, "error": None})
-    return fa4
+def fresh_fa4():
+    rk.clear_caches()  # forgets what an earlier import attempt found
+    yield fa4
+    rk.clear_caches()
 
 
-def test_turned_off_by_the_environment(fresh_fa4, monkeypatch):
-    monkeypatch.setenv("RINGSP_FA4", "0")
+def test_turned_off_by_the_environment(fresh_fa4, ringsp_env):
+    ringsp_env.set("RINGSP_FA4", "0")
     assert fa4._load() is None and "RINGSP_FA4=0" in fa4._state["error"]
     assert fa4.version() is None
 
 
-def test_a_missing_package_is_a_reason_not_an_exception(fresh_fa4, monkeypatch):
-    monkeypatch.delenv("RINGSP_FA4", raising=False)
+def test_a_missing_package_is_a_reason_not_an_exception(fresh_fa4, monkeypatch, ringsp_env):
+    ringsp_env.unset("RINGSP_FA4")
     monkeypatch.setitem(sys.modules, "flash_attn.cute", None)  # import fails
     assert fa4._load() is None and "cannot be imported" in fa4._state["error"]
     assert not fa4.available()
     assert fa4.why_unavailable()
 
 
-def test_the_internal_forward_is_preferred_and_the_public_one_is_the_fallback(fresh_fa4, monkeypatch):
-    monkeypatch.delenv("RINGSP_FA4", raising=False)
+def test_the_internal_forward_is_preferred_and_the_public_one_is_the_fallback(fresh_fa4, monkeypatch, ringsp_env):
+    ringsp_env.unset("RINGSP_FA4")
     internal = object()
     mod = types.SimpleNamespace(_flash_attn_fwd=internal, flash_attn_func=object())
     monkeypatch.setitem(sys.modules, "flash_attn.cute", types.SimpleNamespace(interface=mod))
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", mod)
     assert fa4._load() is internal and not fa4._state["public"]
-    fa4._state.update(fwd=None, error=None)
+    rk.clear_caches()
     public = types.SimpleNamespace(flash_attn_func=object())
     monkeypatch.setitem(sys.modules, "flash_attn.cute", types.SimpleNamespace(interface=public))
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", public)
@@ -55,8 +57,8 @@ def test_cpu_tensors_never_take_the_fa4_path():
     assert not fa4.usable(torch.randn(1, 8, 2, 64, dtype=torch.bfloat16))
 
 
-def test_attention_without_fa4_raises_a_clear_error(fresh_fa4, monkeypatch):
-    monkeypatch.setenv("RINGSP_FA4", "0")
+def test_attention_without_fa4_raises_a_clear_error(fresh_fa4, ringsp_env):
+    ringsp_env.set("RINGSP_FA4", "0")
     q = torch.randn(1, 4, 2, 64)
     with pytest.raises(RuntimeError, match="FA4 attention path is unavailable"):
         fa4.attention(q, q, q, 0.125, 4)
@@ -78,7 +80,7 @@ def test_attention_slices_padding_and_returns_fa4s_tensors(fresh_fa4, monkeypatc
 
 
 def test_forcing_fa4_where_it_cannot_run_names_the_reason(monkeypatch):
-    cuda = pytest.importorskip("ringsp_kernels.cuda")
+    cuda = pytest.importorskip("ringsp_kernels.cuda.ops")
     monkeypatch.setattr(fa4, "available", lambda: False)
     monkeypatch.setattr(fa4, "why_unavailable", lambda: "flash-attn-4 cannot be imported (test)")
     with pytest.raises(ValueError, match="RINGSP_CUDA_ATTN=fa4: flash-attn-4 cannot be imported"):

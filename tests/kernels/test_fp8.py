@@ -166,7 +166,7 @@ if INTERPRETED:
     import triton
     import triton.language as tl
 
-    from ringsp_kernels.triton_fp8 import _to_fp8
+    from ringsp_kernels.cuda.triton_fp8 import _to_fp8
 
     @triton.jit
     def _cast_kernel(X, Y, N: tl.constexpr):
@@ -189,7 +189,7 @@ def test_interpreted_fp8_rounding_matches_torch_on_the_whole_grid():
 @pytest.mark.parametrize("precision,dtype", [("fp8", torch.float16), ("fp8", torch.bfloat16), ("int8", torch.float16)],
                          ids=["fp8-fp16", "fp8-bf16", "int8-fp16"])  # bf16 tl.dot is wrong in the interpreter
 def test_interpreted_kernel_matches_reference(precision, dtype):
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     B, Sq, Sk, H, D, kv_len = 2, 37, 90, 2, 40, 77
     q, k, v = rand(B, Sq, H, D, seed=1, dtype=dtype), rand(B, Sk, H, D, seed=2, dtype=dtype), rand(B, Sk, H, D, seed=3,

@@ -18,7 +18,7 @@ GATES = {"int8": (0.9999, 1.5e-2), "fp8": (0.998, 6.5e-2)}  # as tests/kernels/t
 
 
 def need(precision):
-    from ringsp_kernels.fp8 import MIN_CAPABILITY
+    from ringsp_kernels.cuda.q8 import MIN_CAPABILITY
 
     if torch.cuda.get_device_capability() < MIN_CAPABILITY[precision]:
         pytest.skip(f"{precision} needs compute capability {MIN_CAPABILITY[precision]}")
@@ -42,7 +42,7 @@ def qkv(B, Sq, Sk, H, D, kv_len, seed, dtype=torch.bfloat16, outliers=True):
 
 
 def block_n():
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     bn = triton_fp8.tuned_block_n()
     assert bn is not None
@@ -123,7 +123,7 @@ def test_accuracy_against_float64(precision, outliers):
 def test_every_config_matches_reference(precision):
     """Autotuning keeps the fastest config whatever it computes: each must be right."""
     need(precision)
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     B, Sq, Sk, H, D = 1, 600, 1100, 2, 128
     q, k, v = qkv(B, Sq, Sk, H, D, 1030, seed=3)
@@ -149,7 +149,7 @@ def test_every_config_matches_reference(precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_narrow_head_dim_fp16_strided_views(precision):
     need(precision)
-    from ringsp_kernels import triton_fp8
+    from ringsp_kernels.cuda import triton_fp8
 
     q, k, v = qkv(2, 300, 200, 3, 40, 190, seed=11, dtype=torch.float16)  # D=40: zero-padded to 64
     q = torch.cat([q, q[..., :8]], -1)[..., :40]  # a slice of a wider projection

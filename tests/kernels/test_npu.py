@@ -1,4 +1,4 @@
-"""The Ascend NPU backend (ringsp_kernels.npu, npu_attention, npu_merge).
+"""The Ascend NPU backend (ringsp_kernels/npu/: backend, fusion, fused_infer, merge).
 
 No NPU here: the backend's logic runs on CPU tensors with its two hardware lookups replaced,
 torch_npu.npu_fusion_attention by `standin_fusion_attention` (the documented contract in
@@ -23,7 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringsp_kernels as rk
-from ringsp_kernels import checks, npu, npu_attention, npu_merge
+from ringsp_kernels import checks, registry
+from ringsp_kernels.npu import backend as npu
+from ringsp_kernels.npu import fused_infer
+from ringsp_kernels.npu import fusion as npu_attention
+from ringsp_kernels.npu import merge as npu_merge
 from tests.kernels import test_ops as contract
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -109,6 +113,112 @@ def test_standin_refuses_what_it_does_not_model():
         args = {"head_num": 2, "input_layout": "BSND", **kwargs}
         with pytest.raises(NotImplementedError):
             standin_fusion_attention(q, q, q, **args)
+
+
+# --- the stand-in for torch_npu.npu_fused_infer_attention_score ---------------------------
+
+
+def standin_fused_infer_attention(
+    query, key, value, *, pse_shift=None, atten_mask=None, actual_seq_lengths=None, actual_seq_lengths_kv=None,
+    num_heads=1, scale=1.0, pre_tokens=NO_MASK_TOKENS, next_tokens=NO_MASK_TOKENS, input_layout="BSH",
+    num_key_value_heads=0, sparse_mode=0, inner_precise=0, block_size=0, antiquant_mode=0,
+    softmax_lse_flag=False, **unmodelled,
+):
+    """npu_fused_infer_attention_score's documented contract (op-plugin docs) for BSND,
+    unmasked, more than one query row (its PromptFlashAttention branch), computed in float32.
+    Options ringsp never uses are refused rather than modelled."""
+    if input_layout != "BSND":
+        raise NotImplementedError(f"stand-in models BSND only, got {input_layout}")
+    for name, val in (("pse_shift", pse_shift), ("atten_mask", atten_mask), ("actual_seq_lengths", actual_seq_lengths),
+                      ("actual_seq_lengths_kv", actual_seq_lengths_kv), *unmodelled.items()):
+        if val is not None:
+            raise NotImplementedError(f"stand-in does not model {name}")
+    if sparse_mode != 0 or (pre_tokens, next_tokens) != (NO_MASK_TOKENS,) * 2 or block_size or antiquant_mode:
+        raise NotImplementedError("stand-in models sparse_mode=0, no band, no paging, no quantisation")
+    B, Sq, N, D = query.shape
+    assert query.dtype in (torch.float16, torch.bfloat16)  # float32 is not among its query types
+    assert key.dtype == value.dtype == query.dtype and key.shape == value.shape
+    assert key.shape[0] == B and key.shape[2:] == (N, D) and N == num_heads and num_key_value_heads in (0, N)
+    assert 2 <= Sq and B <= 65536 and N <= 256 and D <= 512 and D % 16 == 0 and key.shape[1] >= 1
+    assert query.is_contiguous() and key.is_contiguous() and value.is_contiguous()
+    s = torch.einsum("bqnd,bknd->bnqk", query.float(), key.float()) * scale
+    lse = torch.logsumexp(s, -1, keepdim=True)
+    out = torch.einsum("bnqk,bknd->bqnd", torch.exp(s - lse), value.float()).to(query.dtype)
+    return out, (lse if softmax_lse_flag else torch.zeros(1))
+
+
+def standin_fused_infer_scale_value(query, key, value, *, scale_value=1.0, **kwargs):
+    """The same kernel as torch_npu 6.0 spells it: the scale is `scale_value`."""
+    return standin_fused_infer_attention(query, key, value, scale=scale_value, **kwargs)
+
+
+@SETTINGS
+@given(
+    B=st.integers(1, 2), N=st.integers(1, 3), Sq=st.integers(2, 20), Sk=st.integers(1, 20),
+    D=st.sampled_from([16, 64]), scale=st.floats(0.05, 1.0), seed=st.integers(0, 2**16),
+)
+def test_fused_infer_standin_matches_reference(B, N, Sq, Sk, D, scale, seed):
+    q, k, v = (rand(B, S, N, D, dtype=torch.float16, seed=seed + i) for i, S in enumerate((Sq, Sk, Sk)))
+    out, lse = standin_fused_infer_attention(q, k, v, num_heads=N, input_layout="BSND", scale=scale,
+                                             softmax_lse_flag=True)
+    ref_out, ref_lse = rk.reference_attention(q, k, v, scale=scale)
+    assert lse.shape == (B, N, Sq, 1) and lse.dtype == torch.float32 and out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse[..., 0].double(), ref_lse, atol=2e-5, rtol=2e-5)
+    assert standin_fused_infer_attention(q, k, v, num_heads=N, input_layout="BSND")[1].shape == (1,)
+
+
+class RecordingFIA:
+    def __init__(self, fn=standin_fused_infer_attention):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, q, k, v, **kwargs):
+        self.calls.append((q, k, v, kwargs))
+        return self.fn(q, k, v, **kwargs)
+
+
+def test_fused_infer_passes_the_documented_arguments_and_returns_its_lse():
+    q, k, v = (rand(2, S, 3, 16, dtype=torch.bfloat16, seed=i) for i, S in enumerate((5, 9, 9)))
+    fia = RecordingFIA()
+    out, lse = fused_infer.attn_fwd(fia, q, k, v, kv_len=6)
+    (cq, ck, cv, kwargs), = fia.calls
+    assert kwargs == {"num_heads": 3, "input_layout": "BSND", "scale": 16**-0.5, "sparse_mode": 0,
+                      "softmax_lse_flag": True}
+    assert ck.shape[1] == cv.shape[1] == 6 and cq.is_contiguous() and ck.is_contiguous()
+    ref_out, ref_lse = rk.reference_attention(q, k, v, kv_len=6)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-4, rtol=1e-4)
+    old = RecordingFIA(standin_fused_infer_scale_value)  # the 6.0 releases' name of the scale
+    fused_infer.attn_fwd(old, q, k, v, scale=0.3, scale_name=fused_infer.scale_keyword(("query", "scale_value")))
+    assert old.calls[0][3]["scale_value"] == 0.3
+    assert fused_infer.scale_keyword(("query", "scale", "input_layout")) == "scale"
+    assert fused_infer.scale_keyword(()) == "scale"
+
+
+@pytest.mark.parametrize("shape,dtype,why", [((1, 4, 2, 64), torch.float32, "float16 or bfloat16"),
+                                             ((1, 1, 2, 64), torch.float16, "single query row"),
+                                             ((1, 4, 2, 40), torch.float16, "head dim 40"),
+                                             ((1, 4, 2, 528), torch.bfloat16, "head dim 528"),
+                                             ((1, 4, 257, 16), torch.float16, "heads")])
+def test_fused_infer_names_the_shapes_it_cannot_take(shape, dtype, why):
+    q = torch.zeros(shape, dtype=dtype)
+    assert why in fused_infer.unfit_reason(q)
+    with pytest.raises(ValueError, match="cannot take"):
+        fused_infer.attn_fwd(RecordingFIA(), q, q, q)
+    assert fused_infer.unfit_reason(torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16)) is None
+
+
+def test_fused_infer_without_keys_never_calls_the_kernel():
+    fia = RecordingFIA()
+    q = rand(1, 5, 2, 16, dtype=torch.float16)
+    out, lse = fused_infer.attn_fwd(fia, q, q[:, :0], q[:, :0])
+    assert not fia.calls and not out.any() and torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("lse", [torch.zeros(1), torch.zeros(2, 3, 5), torch.zeros(2, 3, 5, 1, dtype=torch.float16)])
+def test_fused_infer_lse_of_another_contract_fails_loudly(lse):
+    with pytest.raises(RuntimeError, match="contract may have changed"):
+        fused_infer.lse_of(lse, (2, 3, 5))
 
 
 # --- npu_attention: arguments, LSE, kv_len, empty blocks ---------------------------------
@@ -283,14 +393,21 @@ class NpuBackend:
     kernel = None
     cores = 1
     ub_budget = npu_merge.UB_BUDGET
+    npu_attn = "fusion"  # RINGSP_NPU_ATTN
+    fia = RecordingFIA()
 
     @classmethod
     @contextmanager
     def device(cls):
-        with mock.patch.multiple(npu, fusion_attention=lambda: standin_fusion_attention,
-                                 merge_kernel=lambda: cls.kernel, vector_cores=lambda device: cls.cores):
-            with mock.patch.object(npu_merge, "UB_BUDGET", cls.ub_budget):
-                yield
+        before = rk.settings.override(npu_attn=cls.npu_attn)
+        try:
+            with mock.patch.multiple(npu, fusion_attention=lambda: standin_fusion_attention,
+                                     fused_infer_attention=lambda: (cls.fia, "scale"),
+                                     merge_kernel=lambda: cls.kernel, vector_cores=lambda device: cls.cores):
+                with mock.patch.object(npu_merge, "UB_BUDGET", cls.ub_budget):
+                    yield
+        finally:
+            rk.settings.restore(before)
 
     @classmethod
     def attn_fwd(cls, q, k, v, scale=None, kv_len=None):
@@ -342,6 +459,16 @@ class CpuModelKernel:
             t.copy_(torch.from_file(str(self.dir / f"{name}.bin"), size=t.numel()).view_as(t))
 
 
+class NpuFusedInferBackend(NpuBackend):
+    """RINGSP_NPU_ATTN=fused_infer: npu_fused_infer_attention_score where its documented
+    limits take the shape (16-bit, head dim a multiple of 16, Sq >= 2), npu_fusion_attention
+    for the rest."""
+
+    name = "npu-fused-infer"
+    npu_attn = "fused_infer"
+    fia = RecordingFIA()
+
+
 class NpuCpuModelBackend(NpuKernelBackend):
     name = "npu-ascendc-cpu-model"
     kernel = None  # set by the cpu_model fixture
@@ -360,7 +487,8 @@ def cpu_model(tmp_path_factory):
     return CpuModelKernel(work / "run_merge", work)
 
 
-@pytest.fixture(params=[NpuBackend, NpuKernelBackend, NpuCpuModelBackend], ids=lambda b: b.name)
+@pytest.fixture(params=[NpuBackend, NpuKernelBackend, NpuCpuModelBackend, NpuFusedInferBackend],
+                ids=lambda b: b.name)
 def backend(request):
     if request.param is NpuCpuModelBackend:
         NpuCpuModelBackend.kernel = request.getfixturevalue("cpu_model")
@@ -369,9 +497,9 @@ def backend(request):
 
 @pytest.fixture(autouse=True)
 def quiet_announcements():
-    npu._announced.clear()
+    rk.clear_caches()  # among them the choices already announced
     yield
-    npu._announced.clear()
+    rk.clear_caches()
 
 
 # --- the ops contract of tests/kernels/test_ops.py, run through the NPU backend ------------
@@ -389,6 +517,23 @@ def test_contract_step_chain_in_random_order(backend):
                                   "test_rows_without_keys_and_minus_inf_lse", "test_non_contiguous_inputs_and_state"])
 def test_contract_cases(backend, case):
     getattr(contract, case)(backend=backend)
+
+
+def test_the_fused_infer_setting_chooses_that_kernel_where_it_fits(caplog):
+    fia = NpuFusedInferBackend.fia
+    before = len(fia.calls)
+    q = rand(2, 7, 3, 64, dtype=torch.bfloat16, seed=4)
+    NpuFusedInferBackend.attn_fwd(q, q, q)
+    assert len(fia.calls) == before + 1
+    NpuBackend.attn_fwd(q, q, q)  # the default setting: npu_fusion_attention
+    assert len(fia.calls) == before + 1
+    with caplog.at_level(logging.INFO, logger="ringsp"):
+        for _ in range(2):
+            NpuFusedInferBackend.attn_fwd(q.float(), q.float(), q.float())  # float32: the other kernel
+    assert len(fia.calls) == before + 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "ringsp NPU attention: npu_fusion_attention (npu_fused_infer_attention_score cannot take this shape: "
+        "it takes float16 or bfloat16, q is torch.float32)"]
 
 
 def test_emulated_kernel_really_runs_for_shapes_it_takes():
@@ -443,25 +588,24 @@ def test_the_choice_of_merge_is_logged_once(caplog):
 # --- loading and registration ---------------------------------------------------------------
 
 
-def test_library_lookup_and_a_missing_library(monkeypatch, tmp_path, caplog):
-    monkeypatch.delenv(npu.LIBRARY_ENV, raising=False)
+def test_library_lookup_and_a_missing_library(monkeypatch, tmp_path, caplog, ringsp_env):
+    ringsp_env.unset(npu.LIBRARY_ENV)
     monkeypatch.setattr(npu, "_HERE", str(tmp_path))
     assert npu.ascend_library_path() is None  # not built: the fallback merge, no error
     (tmp_path / "_ascend_C.so").write_bytes(b"")
     assert npu.ascend_library_path() == str(tmp_path / "_ascend_C.so")
-    monkeypatch.setenv(npu.LIBRARY_ENV, str(tmp_path / "missing.so"))
+    ringsp_env.set(npu.LIBRARY_ENV, str(tmp_path / "missing.so"))  # forgets the library looked up, too
     assert npu.ascend_library_path() == str(tmp_path / "missing.so")
-    monkeypatch.setattr(npu, "_kernel", {})
     with caplog.at_level(logging.WARNING, logger="ringsp"):
         assert npu.merge_kernel() is None
     assert "missing.so" in caplog.text
 
 
 def test_register_binds_the_npu_dispatch_key():
-    npu.register()
+    registry.bind_backends()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns when a kernel is registered over another
-        npu.register()
+        registry.bind_backends()
     for name in ("attn_fwd", "attn_step_", "merge_"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ringsp::{name}", "PrivateUse1"), name
 
@@ -498,9 +642,23 @@ def test_npu_fusion_attention_keeps_its_documented_contract(dtype):
 
 @needs_npu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_npu_fused_infer_attention_keeps_its_documented_contract(dtype):
+    q, k, v = (rand(2, s, 4, 128, dtype=dtype, seed=i).npu() for i, s in enumerate((40, 72, 72)))
+    fn, scale_name = npu.fused_infer_attention()
+    out, lse = fn(q, k, v, **fused_infer.fia_arguments(q, None, scale_name))
+    assert lse.shape == (2, 4, 40, 1) and lse.dtype == torch.float32
+    ref_out, ref_lse = rk.reference_attention(q.cpu(), k.cpu(), v.cpu())
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=NPU_TOL[dtype], rtol=NPU_TOL[dtype])
+    torch.testing.assert_close(lse[..., 0].cpu().double(), ref_lse, atol=NPU_TOL[dtype], rtol=NPU_TOL[dtype])
+
+
+@needs_npu
+@pytest.mark.parametrize("npu_attn", ["fusion", "fused_infer"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("D", [64, 128])
-def test_npu_ring_steps_match_reference(dtype, D):
-    npu.register()
+def test_npu_ring_steps_match_reference(dtype, D, npu_attn, ringsp_env):
+    ringsp_env.set("RINGSP_NPU_ATTN", npu_attn)
+    registry.bind_backends()
     q, k, v = (rand(2, s, 5, D, dtype=dtype, seed=i) for i, s in enumerate((67, 150, 150)))
     valid = [(0, 50, 50), (50, 100, 31), (100, 150, 0)]  # (start, end, kv_len) with padding
     acc, lse = rk.init_state(q.npu())

@@ -208,7 +208,7 @@ def test_ops_are_registered_with_fake_kernels_and_compile():
 def test_tensor_descriptor_path_on_ring_blocks():
     """The TMA (tensor descriptor) loads, run in the interpreter: K/V blocks sliced out of a
     longer sequence (B=1), a packed [B, S, 2, H, D] KV buffer, and padding in the last block."""
-    from ringsp_kernels import triton_attn
+    from ringsp_kernels.cuda import triton_attn
 
     S, H, D = 70, 2, 16
     q = rand(1, 33, H, D, dtype=torch.float16)

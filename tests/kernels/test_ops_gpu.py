@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import ringsp_kernels as rk
-from ringsp_kernels import cuda, dispatch, fa4, fast_launch, triton_attn
+from ringsp_kernels import dispatch
+from ringsp_kernels.cuda import fa4, fast_launch, triton_attn
+from ringsp_kernels.cuda import ops as cuda
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -184,7 +186,7 @@ def test_dispatch_measures_each_class_once_and_snapshot_round_trips(tmp_path, mo
         rk.attn_step_(q, k, v, acc, lse)
         assert len(measured) == 2 and measured[0].endswith("|fwd") and measured[1].endswith("|step")
         plans = dict(cuda._PLANS)
-        snap = dispatch.snapshot()
+        snap = dispatch.snapshot(cuda.versions())
         assert set(snap["entries"]) == set(measured) | set(dispatch._shipped())
 
         dispatch.reset(cache_dir=str(tmp_path))  # a second run: warm from the disk cache

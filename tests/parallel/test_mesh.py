@@ -93,7 +93,7 @@ def test_configs_seen_before_still_fail_when_mixed():
 def _kernel_choices_after_init(world):
     """Ranks start with different local kernel choices; after init_parallel every rank runs
     with rank 0's table."""
-    from ringsp_kernels import dispatch
+    from ringsp_kernels import backends, dispatch
 
     rank = dist.get_rank()
     key = dispatch.class_key("NVIDIA H200", torch.bfloat16, 128, 24, 1, 2048, 2048, "step")
@@ -101,7 +101,7 @@ def _kernel_choices_after_init(world):
     dispatch.install({"format": dispatch.FORMAT, "entries": {
         key: {"path": "cudnn" if rank == 0 else "triton", "config": dispatch.default_config(128)}}})
     init_parallel(ParallelConfig(ulysses_degree=world))
-    choice = dispatch.lookup(key)["path"]
+    choice = dispatch.lookup(key, backends.versions())["path"]
     fp = dispatch.fingerprint()
     dispatch.reset()
     return choice, fp
@@ -114,7 +114,7 @@ def test_init_parallel_gives_every_rank_rank0s_kernel_choices():
 
 def _init_with_fa4_on_rank(fa4_rank):
     """One rank can run the FlashAttention-4 path, the others cannot."""
-    from ringsp_kernels import fa4
+    from ringsp_kernels.cuda import fa4
 
     saved = fa4.available, fa4.version  # pool workers live on: put them back
     if dist.get_rank() == fa4_rank:
@@ -133,3 +133,60 @@ def test_ranks_that_differ_in_the_fa4_path_fail_fast():
     kernel, and its replicated text outputs would differ: every rank refuses at init."""
     messages = run_distributed(2, _init_with_fa4_on_rank, 1)
     assert all("FlashAttention-4 path: rank 0 has unavailable, rank 1 has 4.0.0b36" in m for m in messages), messages
+
+
+def _tuned_choice_after_init(cache_dir):
+    """Only rank 0's machine was tuned: its disk cache holds an entry written the way
+    `python -m ringsp_kernels.cuda.tune` writes it (for this process's software versions).
+    Each rank starts fresh, as a new process would, with a cache folder of its own."""
+    from ringsp_kernels import backends, dispatch
+    from ringsp_kernels.cuda import ops as cuda
+
+    rank = dist.get_rank()
+    key = dispatch.class_key("NVIDIA H200", torch.bfloat16, 128, 24, 1, 2048, 2048, "step")
+    tuned = {"path": "cudnn", "config": [32, 32, 2, 2, False], "ms": {"cudnn": 1.0, "triton:32,32,2,2,0": 2.0}}
+    dispatch.reset(cache_dir=f"{cache_dir}/rank{rank}")
+    if rank == 0:
+        dispatch.record({key: tuned}, cuda.versions())  # tune's call
+        dispatch.reset(cache_dir=f"{cache_dir}/rank0")  # a later process: only the file is left
+    try:
+        init_parallel(ParallelConfig(ulysses_degree=dist.get_world_size()), timeout=30)
+        return dispatch.lookup(key, backends.versions())
+    finally:
+        dispatch.reset()
+
+
+def test_a_tuned_entry_of_rank0s_disk_cache_reaches_every_rank(tmp_path):
+    """The per-machine dispatch cache is read with the software versions known (they are
+    data passed to every cache read), so an SP run uses what the user tuned, on every rank."""
+    for entry in run_distributed(2, _tuned_choice_after_init, str(tmp_path)):
+        assert entry["path"] == "cudnn" and entry["config"] == [32, 32, 2, 2, False], entry
+
+
+def _init_with_environment(name, value, on_rank):
+    """Rank `on_rank` was started with `name=value` in its environment, the others without."""
+    import os
+
+    import ringsp_kernels as rk
+
+    before = os.environ.get(name)
+    if dist.get_rank() == on_rank:
+        os.environ[name] = value
+    rk.clear_caches()  # the settings are read once per process: read them as a new process would
+    try:
+        init_parallel(ParallelConfig(ulysses_degree=dist.get_world_size()), timeout=30)
+    except ValueError as e:
+        return str(e)
+    finally:
+        os.environ.pop(name, None)
+        if before is not None:
+            os.environ[name] = before
+        rk.clear_caches()
+    return "no error"
+
+
+@pytest.mark.parametrize("name,value,default", [("RINGSP_CHECK_EVERY_CALL", "1", "0"),
+                                                ("RINGSP_CUDA_ATTN", "triton", "auto")])
+def test_ranks_whose_settings_differ_fail_on_every_rank(name, value, default):
+    messages = run_distributed(2, _init_with_environment, name, value, 1)
+    assert all(f"{name}: rank 0 has {default}, rank 1 has {value}" in m for m in messages), messages

@@ -54,24 +54,3 @@ def _ring_on_subgroup(S):
 
 def test_ring_on_a_subgroup():
     assert max(run_distributed(4, _ring_on_subgroup, 7)) < TOL
-
-
-def _ring_skips():
-    from ringsp.parallel.attention_args import prepare
-    from ringsp.parallel.ring import Skips, ring_pass
-
-    q, k, v = random_tensors(3, *[(1, 8, 2, 16)] * 3)
-    local = shards(None, q, k, v)
-    own, _ = joint_reference(*local)  # attention over this rank's own block only
-    a = prepare("ring_attention", None, dist.get_world_size(), *local, None, None, None, None, None, None)
-    run = lambda skips: ring_pass(a.q, (a.k, a.v), None, a.seq_len, skips=skips)[0]  # noqa: E731
-    no_comm, no_compute = run(Skips(transfers=True)), run(Skips(compute=True))
-    full = run(Skips())  # the switches are per call: nothing stays switched
-    ref, _ = joint_reference(q, k, v)
-    return ((no_comm.double() - own).abs().max().item(), no_compute.abs().max().item(),
-            max_error(full, ref, dist.get_rank(), dist.get_world_size()))
-
-
-def test_ring_benchmark_switches_skip_transfers_or_compute():
-    for own_err, no_compute_max, full_err in run_distributed(2, _ring_skips):
-        assert own_err < TOL and no_compute_max == 0.0 and full_err < TOL

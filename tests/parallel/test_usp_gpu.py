@@ -114,16 +114,17 @@ def test_attention_reads_the_ulysses_receive_layout_in_place(path, monkeypatch):
     if GPUS < 1:
         pytest.skip("needs a CUDA device")
     import ringsp_kernels as rk
+    from ringsp_kernels.cuda import ops as cuda
 
-    monkeypatch.setattr("ringsp_kernels.cuda._forced", path)  # RINGSP_CUDA_ATTN is read once, at import
     L, H, D, n = 1000, 3, 128, 937
     buf = random_tensors(7, (1, L, 3, H, D), dtype=torch.bfloat16)[0].cuda()
     buf[:, n:, 1:] = float("nan")  # padded keys and values: masked by kv_len, whatever they hold
     q, k, v = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2]
     ref, _ = rk.reference_attention(q.cpu().double(), k[:, :n].cpu().double(), v[:, :n].cpu().double())
-    out, _ = rk.attn_fwd(q, k, v, kv_len=n)
-    acc, lse = rk.init_state(q)
-    rk.attn_step_(q, k, v, acc, lse, kv_len=n)
+    with cuda.forced(path):  # RINGSP_CUDA_ATTN's setting, for these calls only
+        out, _ = rk.attn_fwd(q, k, v, kv_len=n)
+        acc, lse = rk.init_state(q)
+        rk.attn_step_(q, k, v, acc, lse, kv_len=n)
     for got in (out, rk.finalize(acc, lse, q.dtype)):
         err = (got.cpu().double() - ref).abs().amax(dim=(0, 2, 3)).max().item()
         assert err < TOL[torch.bfloat16], err

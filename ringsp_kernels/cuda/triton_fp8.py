@@ -15,16 +15,16 @@ Per call (one KV block) two stages:
                "int8"), float32 accumulation.
 """
 import logging
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .fp8_reference import FP8_MAX, INT8_MAX, KV_PAD, LOG2E, P_LOG2_UNIT, V_SCALE_FLOOR
+from .. import caches
+from ..fp8_reference import FP8_MAX, INT8_MAX, KV_PAD, LOG2E, P_LOG2_UNIT, V_SCALE_FLOOR
+from .fast_launch import INTERPRET
 
 log = logging.getLogger("ringsp")
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 STAT_ROWS = 64      # keys per inner step of the prepare passes
 CHUNK_BLOCK = 16    # chunks reduced per step of the per-head reduction
 TARGET_PROGRAMS = 512  # stats pass: enough (chunk, head) programs to fill a GPU
@@ -293,6 +293,7 @@ CONFIGS = [(128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 3)]
 FALLBACK = (64, 64, 4, 2)
 _tuned_kernel = None
 _state = {"tuning_failed": False}
+caches.register("8-bit autotuning failure", lambda: _state.update(tuning_failed=False))
 
 
 def _tuned():

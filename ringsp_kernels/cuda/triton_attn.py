@@ -7,16 +7,15 @@ new block costs nothing beyond attending to it -- no partial output, no merge la
 `attn_fwd` is the same kernel starting from the empty state and writing q's dtype.
 Scores live in the log2 domain (exp2 with the scale folded into one multiply).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .fast_launch import CachedKernel
+from .. import caches
+from ..dispatch import default_config
+from .fast_launch import INTERPRET, CachedKernel
 
 LOG2E = 1.4426950408889634
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -153,6 +152,9 @@ _KERNEL = CachedKernel(ring_attn_kernel)
 _CAPABILITY = {}  # device index -> (major, minor): read once, not per call
 _DESC = {}  # launch key -> whether that kernel reads K/V through tensor descriptors
 _SCRATCH = {}  # (device, stream) -> int8 buffer for the kernel's in-kernel TMA descriptors
+for _name, _cache in (("triton capabilities", _CAPABILITY), ("triton descriptor choices", _DESC),
+                     ("triton TMA scratch", _SCRATCH), ("triton attention launches", _KERNEL.entries)):
+    caches.register(_name, _cache.clear)
 _get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 
@@ -244,8 +246,6 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None, use_desc=No
 
 
 def _default(D):
-    from .dispatch import default_config
-
     return tuple(default_config(D))
 
 

@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import caches
 from .fast_launch import INTERPRET, CachedKernel
 
 
@@ -45,6 +46,7 @@ def merge_kernel(
 
 
 _KERNEL = CachedKernel(merge_kernel)
+caches.register("triton merge launches", _KERNEL.entries.clear)
 _get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 

@@ -7,19 +7,21 @@ arrangement as the cuDNN path. FA4's Hopper forward is the FA3 design (warp-spec
 ping-pong scheduled); it pays more host time per call than cuDNN, which is why the choice
 is measured per shape class rather than assumed.
 
-RINGSP_FA4=0 turns the path off (read once, at first use). Nothing here imports FA4 or
+RINGSP_FA4=0 turns the path off (ringsp_kernels.settings). Nothing here imports FA4 or
 touches CUDA at import.
 """
 import importlib.metadata
-import os
 
 import torch
 
+from .. import caches, settings
+
 _state = {"fwd": None, "public": False, "error": None}
+caches.register("FlashAttention-4 import", lambda: _state.update(fwd=None, public=False, error=None))
 
 
 def _turned_off():
-    return os.environ.get("RINGSP_FA4", "1") == "0"
+    return not settings.current().fa4
 
 
 def _load():

@@ -11,7 +11,7 @@ import os
 import torch
 
 log = logging.getLogger("ringsp")
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ringsp_kernels/, where setup.py builds
 
 
 def _installed_library():

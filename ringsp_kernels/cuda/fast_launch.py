@@ -12,7 +12,8 @@ Version notes: the direct call uses CompiledKernel.run / .function / .packed_met
 the launcher's argument order (grid, stream, function, packed metadata, launch metadata,
 enter hook, exit hook, *all bound args including constexprs), read from the sources of
 Triton 3.6 and 3.9 (identical there); it is enabled for 3.6 <= version < 3.10 only. Other
-versions, the interpreter, or RINGSP_FAST_LAUNCH=0 take the `fn[grid]` path on every call
+versions, the interpreter (TRITON_INTERPRET=1, Triton's own switch, read here once for the
+whole wing), or RINGSP_FAST_LAUNCH=0 (ringsp_kernels.settings) take the `fn[grid]` path on every call
 (correct, only slower). The entry keeps the CompiledKernel alive (3.9 unloads a collected
 kernel's module). Launch hooks (proton and other profilers) are honoured: with a hook
 set, launch metadata is built as Triton does.
@@ -20,6 +21,8 @@ set, launch metadata is built as Triton does.
 import os
 
 import triton
+
+from .. import settings
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -45,7 +48,7 @@ def _knobs():
 
 _RUNTIME = _knobs()
 ENABLED = (not INTERPRET and _version_ok() and _RUNTIME is not None
-           and os.environ.get("RINGSP_FAST_LAUNCH", "1") != "0")
+           and settings.current().fast_launch)
 
 
 def _idle(hook):

@@ -14,7 +14,7 @@ The contract relied on (torch_npu `npu_fusion_attention`, Atlas A2/A3; docs/npu.
 """
 import torch
 
-from .checks import default_scale
+from ..checks import default_scale
 
 FA_MAX_HEADS = 256
 STAT_WIDTH = 8  # softmax_max / softmax_sum carry each row's value 8 times
