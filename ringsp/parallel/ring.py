@@ -10,6 +10,10 @@ and text keys in ONE attention call. On a longer ring, every rank computes the t
 state over its own image block first and starts gathering those states before the ring
 loop, so the gather runs under the ring's compute; the text queries' result merges the
 gathered states in rank order on every rank, so it is the same on every rank.
+
+8-bit attention (`precision`), one rule at every ring size: the image-key steps are
+quantised, the text keys are a block of their own attended natively, never quantised with
+image keys under one scale (a ring of one then takes two steps instead of one call).
 """
 from dataclasses import dataclass
 
@@ -103,15 +107,24 @@ def ring_pass(q, kv, group, seq_len, scale=None, joint=None, skips=NO_SKIPS, pre
 
 
 def _single_block(q, kv, seq_len, scale, joint, precision):
-    """A ring of one: one attention call, text queries and keys included."""
+    """A ring of one: image and text queries together. Natively that is one attention call
+    over image and text keys; with an 8-bit precision the image keys are one quantised step
+    and the text keys a native one, as on a longer ring (text keys never share a scale)."""
     k, v = kv[0], kv[1]
+    n = min(seq_len, k.shape[1])
     if joint is None:
-        out, _ = rk.attn_fwd(q, k, v, scale, min(seq_len, k.shape[1]), precision)
+        out, _ = rk.attn_fwd(q, k, v, scale, n, precision)
         return out, None
     jq, jk, jv, jlen = joint
-    n = min(seq_len, k.shape[1])
-    out, _ = rk.attn_fwd(torch.cat([q, jq], 1), torch.cat([k[:, :n], jk[:, :jlen]], 1),
-                         torch.cat([v[:, :n], jv[:, :jlen]], 1), scale, None, precision)
+    both = torch.cat([q, jq], 1)
+    if precision is None:
+        out, _ = rk.attn_fwd(both, torch.cat([k[:, :n], jk[:, :jlen]], 1), torch.cat([v[:, :n], jv[:, :jlen]], 1),
+                             scale)
+    else:
+        acc, lse = rk.init_state(both)
+        rk.attn_step_(both, jk, jv, acc, lse, scale, jlen)
+        rk.attn_step_(both, k, v, acc, lse, scale, n, precision)
+        out = rk.finalize(acc, lse, q.dtype)
     return out[:, : q.shape[1]], out[:, q.shape[1]:]
 
 
