@@ -24,6 +24,7 @@ import ringsp_kernels as rk
 
 from .attention_args import prepare
 from .comm import ring_exchange
+from .fail_together import wait
 from .groups import size_rank
 from .layout import block_kv_len
 
@@ -155,7 +156,7 @@ def _joint_out(joint, gather, size, scale):
     acc, lse = rk.init_state(joint_q)
     rk.attn_step_(joint_q, joint_k, joint_v, acc, lse, scale, joint_len)
     parts, work = gather
-    work.wait()
+    wait(work)
     for packed in parts:
         rk.merge_(acc, lse, *_unpack(packed, joint_q.shape))
     return rk.finalize(acc, lse, joint_q.dtype)
