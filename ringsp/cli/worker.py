@@ -8,6 +8,7 @@ if that fails, keeps the frames as .npy: ringsp.cli.output) and returns the repo
 All ranks first check that they were given the same request (torchrun starts each rank
 with its own argv), so ranks that disagree fail together instead of hanging.
 """
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -83,10 +84,12 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     load_s = time.perf_counter() - start
     compiled = _compile(pipe, request, ctx, sync) if request.compile_mode else None
     if request.warmup_steps:
-        generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
+        with _together(request, distributed):
+            generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
     reset_peak(device)
     timer = StageTimer(sync)
-    result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
+    with _together(request, distributed):  # denoising and decoding: a rank that raises ends every rank
+        result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
     memory = _gather(peak_memory(device, rank), distributed)
     if rank != 0:
         return None
@@ -115,10 +118,20 @@ def _compile(pipe, request, ctx, sync):
     # Qwen's scheduler needs 2 steps; CUDA graphs record on a shape's second forward, replay from the third
     steps = 3 if request.cuda_graphs else 2
     start = time.perf_counter()
-    generate(pipe, dataclasses.replace(request.params(), steps=steps), ctx)
+    with _together(request, ctx is not None):
+        generate(pipe, dataclasses.replace(request.params(), steps=steps), ctx)
     sync()
     return {"mode": request.compile_mode, "cuda_graphs": request.cuda_graphs, "warmup_steps": steps,
             "warmup_s": time.perf_counter() - start}
+
+
+def _together(request, distributed):
+    """ringsp.fail_together over every rank of the run (a no-op in one process)."""
+    if not distributed:
+        return contextlib.nullcontext()
+    from ringsp.parallel import fail_together
+
+    return fail_together(None, timeout_s=request.timeout_s)
 
 
 def load_pipeline_for(request, device):
