@@ -24,6 +24,7 @@ import torch
 from . import devices
 from .generation import generate
 from .memory import peak_memory, reset_peak
+from .nonfinite import find_nonfinite
 from .report import build_report
 from .output import save_output
 from .timing import StageTimer, make_sync
@@ -102,6 +103,9 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
                                                                       load_s, save_s, distributed, sp_transformer))
     if output is not None:
         report["output"] = output
+    nonfinite = find_nonfinite(result.latents, result.frames)
+    if nonfinite:
+        report["nonfinite"] = nonfinite
     if compiled is not None:
         report["compile"] = compiled
     if not keep_tensors:
