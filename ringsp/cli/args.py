@@ -71,6 +71,8 @@ def build_parser():
     gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on; Qwen: true_cfg_scale with "
                      "the negative prompt); default: the model's")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=float, help="frames per second of the video; default: the model's (16 for "
+                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B)")
     gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
     par = p.add_argument_group("parallelism")
     par.add_argument("--num-gpus", type=int, help="processes (one per GPU / NPU; gloo processes on CPU); "
@@ -148,7 +150,7 @@ def parse_request(argv, env=None):
         device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
         compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo, timeout_s=_timeout(args),
         **_compile_options(args, device),
-        under_torchrun=world is not None, media="image" if info.makes_images else "video",
+        under_torchrun=world is not None, media="image" if info.makes_images else "video", fps=_fps(args, info),
     )
 
 
@@ -227,6 +229,17 @@ def _sizes(args, info, reference_size):
         raise UsageError(f"--seed must be from 0 to 2**64 - 1 = {MAX_SEED} (what torch.Generator.manual_seed "
                          f"takes), got {args.seed}")
     return sizes
+
+
+def _fps(args, info):
+    if info.makes_images:
+        if args.fps is not None:
+            raise UsageError(f"--fps is for video models; {info.name} makes one image")
+        return None
+    fps = info.defaults.fps if args.fps is None else args.fps
+    if not 0 < fps < float("inf"):
+        raise UsageError(f"--fps must be a finite number > 0, got {fps:g}")
+    return fps
 
 
 def _check_qwen(sizes, warmup_steps):

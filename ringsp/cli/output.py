@@ -79,9 +79,9 @@ def _one_line(exc):
     return " ".join(str(exc).split())
 
 
-def save_output(path, frames, media):
-    """Writes frames [F, H, W, 3] in [0, 1] to `path` (a video, or a PNG when media is
-    "image"). Returns what happened, for the report: {"path", "written", "error",
+def save_output(path, frames, media, fps=None):
+    """Writes frames [F, H, W, 3] in [0, 1] to `path` (a video at `fps` frames per second,
+    or a PNG when media is "image"). Returns what happened, for the report: {"path", "written", "error",
     "frames_path"}; on failure the partial file is removed and the frames are saved as
     uint8 .npy (exactly the pixels the writer was given) beside `path`, or in the temp
     folder when that fails too (then frames_path says where; None if nowhere)."""
@@ -90,7 +90,10 @@ def save_output(path, frames, media):
 
     before = _stamp(path)
     try:
-        (write_image if media == "image" else write_video)(path, frames)
+        if media == "image":
+            write_image(path, frames)
+        else:
+            write_video(path, frames, fps)
         return {"path": path, "written": True, "error": None, "frames_path": None}
     except Exception as exc:  # noqa: BLE001 - any writer failure: keep the frames instead
         error = f"{type(exc).__name__}: {_one_line(exc)}"

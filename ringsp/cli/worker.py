@@ -97,7 +97,7 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     save_s, output = 0.0, None
     if request.output and not quiet:
         start = time.perf_counter()
-        output = save_output(request.output, result.frames, request.media)  # never raises: frames kept
+        output = save_output(request.output, result.frames, request.media, request.fps)  # never raises: frames kept
         save_s = time.perf_counter() - start
     report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
                                                                       load_s, save_s, distributed, sp_transformer))
@@ -217,7 +217,8 @@ def _meta(request, device, notes, load_s, save_s, distributed, sp_transformer):
                     "height": request.height, "width": request.width, "num_frames": request.num_frames,
                     "steps": request.steps, "guidance_scale": request.guidance_scale, "seed": request.seed,
                     "dtype": request.dtype, "vae_dtype": request.vae_dtype,
-                    "warmup_steps": request.warmup_steps, "media": request.media, "image": request.image,
+                    "warmup_steps": request.warmup_steps, "media": request.media, "fps": request.fps,
+                    "image": request.image,
                     "image_area": request.image_area},
         "parallel": {"num_gpus": request.num_gpus if distributed else 1,
                      "ulysses_degree": request.ulysses_degree if distributed else 1,

@@ -277,3 +277,25 @@ def test_an_existing_default_output_moves_to_the_next_free_name(tmp_path, monkey
         with open(name, "wb") as f:
             f.write(b"an earlier video")
     assert parse_request(TINY[:-1], env={}).output == os.path.join("outputs", "tiny-wan_u1r1-3.mp4")
+
+
+def test_the_frame_rate_is_the_models_unless_fps_is_given(capsys):
+    ti2v = ["--model", "wan2.2-ti2v-5b", "--dummy-weights", "--device", "cpu", "--no-output"]
+    assert parse_request(ti2v, env={}).fps == 24  # Wan2.2-TI2V-5B's published frame rate
+    assert parse_request(TINY, env={}).fps == 16
+    assert parse_request(["--model", "wan2.1-t2v-1.3b", "--dummy-weights", "--device", "cpu", "--no-output"],
+                         env={}).fps == 16
+    assert parse_request(ti2v + ["--fps", "12.5"], env={}).fps == 12.5
+    usage_error(capsys, TINY + ["--fps", "0"], "--fps must be a finite number > 0")
+    usage_error(capsys, ["--model", "tiny-qwen-image", "--device", "cpu", "--no-output", "--fps", "8"],
+                "--fps is for video models")
+
+
+def test_a_ti2v_model_dir_gets_24_fps(tiny_model_dir, tmp_path):
+    ti2v = tmp_path / "ti2v"
+    shutil.copytree(tiny_model_dir, ti2v)
+    index = json.loads((ti2v / "model_index.json").read_text())
+    index["expand_timesteps"] = True  # what marks a Wan2.2-TI2V-5B directory
+    (ti2v / "model_index.json").write_text(json.dumps(index))
+    assert parse_request(["--model-path", str(ti2v), "--device", "cpu", "--no-output"], env={}).fps == 24
+    assert parse_request(["--model-path", tiny_model_dir, "--device", "cpu", "--no-output"], env={}).fps == 16

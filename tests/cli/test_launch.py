@@ -56,7 +56,7 @@ def _single_run(tiny_model_dir, tmp_path, *extra):
 def test_compare_single_that_raises_keeps_the_sp_report_and_output(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from ringsp.cli import launch
 
-    request, outcome = _single_run(tiny_model_dir, tmp_path, "--compare-single")
+    request, outcome = _single_run(tiny_model_dir, tmp_path, "--compare-single", "--fps", "10")
 
     def broken(*args):
         raise MemoryError("no room for the reference run")
@@ -67,6 +67,9 @@ def test_compare_single_that_raises_keeps_the_sp_report_and_output(tiny_model_di
     assert out.index("Stage time breakdown") < out.index("SP check FAILED: the single-process run raised MemoryError")
     report = json.loads((tmp_path / "r.json").read_text())
     assert check_report(report) == [] and report["output"]["written"] and (tmp_path / "v.mp4").stat().st_size > 0
+    import imageio.v2 as imageio
+
+    assert imageio.get_reader(str(tmp_path / "v.mp4")).get_meta_data()["fps"] == 10 == report["request"]["fps"]
     assert report["sp_check"] == {"reference": "the same generation in a single process", "equal": False,
                                   "error": "MemoryError: no room for the reference run"}
 

@@ -98,7 +98,7 @@ def test_a_failed_write_keeps_the_frames(monkeypatch, tmp_path):
     _tiff_writer_failure(monkeypatch)
     frames = _frames()
     path = tmp_path / "v.mp4"
-    result = save_output(str(path), frames, "video")
+    result = save_output(str(path), frames, "video", 16)
     assert result == {"path": str(path), "written": False,
                       "error": "TypeError: TiffWriter.write() got an unexpected keyword argument 'fps'",
                       "frames_path": str(tmp_path / "v.mp4.frames.npy")}
@@ -115,7 +115,7 @@ def test_an_older_file_is_left_alone_when_the_writer_fails_before_touching_it(mo
     monkeypatch.setattr(imageio, "mimwrite", refuses)
     path = tmp_path / "v.mp4"
     path.write_bytes(b"an earlier video")
-    result = save_output(str(path), _frames(), "video")
+    result = save_output(str(path), _frames(), "video", 16)
     assert not result["written"] and result["error"] == "OSError: No space left on device"
     assert path.read_bytes() == b"an earlier video"
 
@@ -162,7 +162,7 @@ def test_the_frames_fallback_follows_no_link_and_keeps_older_files(monkeypatch, 
     (folder / "w.mp4.frames.npy").write_bytes(b"an earlier run's frames")
     frames = _frames()
     for name in ("v.mp4", "w.mp4"):
-        result = save_output(str(folder / name), frames, "video")
+        result = save_output(str(folder / name), frames, "video", 16)
         saved = result["frames_path"]
         assert os.path.dirname(saved) == str(folder) and not os.path.islink(saved), saved
         assert os.path.basename(saved).startswith(name + ".frames-") and saved.endswith(".npy")
