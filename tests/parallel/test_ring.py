@@ -39,6 +39,26 @@ def test_ring_joint_matches_reference(world, S, T, joint_len):
         assert err < TOL and joint_err < TOL
 
 
+def _ring_dropping_a_block(world):
+    """_ring_case with every rank skipping its ring step 1 (one image block each): a broken ring."""
+    from ringsp.parallel.ring import RingLoop
+
+    attend = RingLoop.attend
+    RingLoop.attend = lambda self, step: None if step == 1 else attend(self, step)
+    try:
+        return _ring_case(world, 1, 3, 37, 16, 9, 5, 4)
+    finally:
+        RingLoop.attend = attend  # the pool's processes run the other tests
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_ring_that_drops_a_block_fails_the_comparison(world):
+    """The comparison the ring tests make catches one missing block (here: 1 of `world`)."""
+    errs = [err for err, _ in run_distributed(world, _ring_dropping_a_block, world)]
+    assert max(errs) > 1000 * TOL, errs
+    assert max(err for err, _ in run_distributed(world, _ring_case, world, 1, 3, 37, 16, 9, 5, 4)) < TOL
+
+
 def _ring_on_subgroup(S):
     """Ranks {1, 3} of 4 form a ring; the others do not take part."""
     from ringsp.parallel import ring_attention
