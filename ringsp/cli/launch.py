@@ -161,7 +161,8 @@ def compare_with_single(request, outcome):
     d_frames = (outcome.frames - ref.frames).abs().max().item()
     d_latents = (outcome.latents - ref.latents).abs().max().item()
     return {"reference": "the same generation in a single process", "max_abs_diff_frames": d_frames,
-            "max_abs_diff_latents": d_latents, "tolerance": tol, "equal": d_frames <= tol and d_latents <= tol}  # NaN: not equal
+            "max_abs_diff_latents": d_latents, "tolerance": tol,
+            "equal": d_frames <= tol and d_latents <= tol}  # NaN is not equal (max() would drop it)
 
 
 def _print_report(report, request, out):
