@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 from ringsp.vae import parallel_vae_decode  # noqa: E402,F401
 from .models import disable_sequence_parallel, enable_sequence_parallel  # noqa: E402,F401
 from .parallel import (  # noqa: E402,F401
-    ParallelConfig, ParallelContext, gather_sequence, init_parallel, ring_attention, shard_sequence,
-    ulysses_attention, usp_attention,
+    ParallelConfig, ParallelContext, PeerFailure, fail_together, gather_sequence, init_parallel, ring_attention,
+    shard_sequence, ulysses_attention, usp_attention,
 )

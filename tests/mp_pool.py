@@ -208,6 +208,12 @@ def _discard(key):
         pool.close(force=True)
 
 
+def discard_pool(world_size, backend="gloo"):
+    """Stops the pool of this size and backend (the next call builds a fresh one): for tests
+    that leave their process groups out of step on purpose."""
+    _discard((world_size, backend))
+
+
 def shutdown_pools():
     """Stops every cached pool (also run at interpreter exit)."""
     for key in list(_pools):

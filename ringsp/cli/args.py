@@ -14,7 +14,7 @@ import sys
 from ringsp.models.pipelines import MODEL_NAMES, TINY_NAME, ModelDirError, inspect_model_dir, model_info
 
 from .devices import DEVICE_CHOICES, DeviceError, accelerator_count, default_dtype, resolve_device
-from .output import writer_problem
+from .output import output_path, writer_problem
 from .request import DEFAULT_TIMEOUT_S, GenerateRequest
 
 PROG = "ringsp generate"
@@ -25,6 +25,8 @@ IMAGE_SUFFIXES = (".png",)
 # Qwen-Image's text encoder takes at most this many prompt tokens (diffusers refuses more).
 QWEN_MAX_SEQUENCE_LENGTH = 1024
 DEFAULT_PROMPT = "a cat is playing piano"
+# The largest seed torch.Generator.manual_seed takes (negative ones alias 2**64 + seed: refused).
+MAX_SEED = 2**64 - 1
 # The no-argument run: the embedded tiny model, 2 gloo processes on a ring, checked
 # against a single-process run of the same generation.
 # The parallel VAE is forced on (its size threshold would give such a small decode to rank 0).
@@ -72,6 +74,8 @@ def build_parser():
     gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on; Qwen: true_cfg_scale with "
                      "the negative prompt); default: the model's")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=float, help="frames per second of the video; default: the model's (16 for "
+                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B)")
     gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
     par = p.add_argument_group("parallelism")
     par.add_argument("--num-gpus", type=int, help="processes (one per GPU / NPU; gloo processes on CPU); "
@@ -92,6 +96,8 @@ def build_parser():
     out.add_argument("--output", metavar="FILE", help="Wan: a video (mp4 via imageio-ffmpeg); Qwen: a .png image; "
                      "default: outputs/<model>_<config>.mp4 / .png")
     out.add_argument("--no-output", action="store_true", help="do not write the video / image")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output file (without it, "
+                     "an existing file is refused; a default path that exists gets the next free -2, -3, ... name)")
     run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
     run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                      help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
@@ -133,6 +139,10 @@ def parse_request(argv, env=None):
     suffixes = IMAGE_SUFFIXES if info.makes_images else VIDEO_SUFFIXES
     output = None if args.no_output else (args.output or os.path.join("outputs", f"{info.name}_{label}{suffixes[0]}"))
     _check_output(output, "--output", suffixes)
+    try:
+        output = output_path(output, given=args.output is not None, overwrite=args.overwrite)
+    except ValueError as exc:
+        raise UsageError(f"--output {output!r} {exc}") from None
     _check_writer(output)
     _check_output(args.json, "--json", (".json",))
     return GenerateRequest(
@@ -144,7 +154,7 @@ def parse_request(argv, env=None):
         device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
         compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo, timeout_s=_timeout(args),
         **_compile_options(args, device),
-        under_torchrun=world is not None, media="image" if info.makes_images else "video",
+        under_torchrun=world is not None, media="image" if info.makes_images else "video", fps=_fps(args, info),
     )
 
 
@@ -227,9 +237,21 @@ def _sizes(args, info, reference_size):
         raise UsageError(f"--guidance-scale must be >= 0, got {sizes['guidance_scale']}")
     if args.warmup_steps < 0:
         raise UsageError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to 2**64 - 1 = {MAX_SEED} (what torch.Generator.manual_seed "
+                         f"takes), got {args.seed}")
     return sizes
+
+
+def _fps(args, info):
+    if info.makes_images:
+        if args.fps is not None:
+            raise UsageError(f"--fps is for video models; {info.name} makes one image")
+        return None
+    fps = info.defaults.fps if args.fps is None else args.fps
+    if not 0 < fps < float("inf"):
+        raise UsageError(f"--fps must be a finite number > 0, got {fps:g}")
+    return fps
 
 
 def _check_qwen(sizes, warmup_steps):

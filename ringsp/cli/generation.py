@@ -138,10 +138,12 @@ def _exchange_cfg(pred, ctx):
     """(cond, uncond) on both CFG halves from each half's own prediction: one all-gather."""
     import torch.distributed as dist
 
+    from ringsp.parallel.fail_together import wait
+
     b = pred.shape[0]
     # Concatenated along the batch (gloo takes no stacked output): [cond batch; uncond batch].
     both = torch.empty((2 * b,) + tuple(pred.shape[1:]), dtype=pred.dtype, device=pred.device)
-    dist.all_gather_into_tensor(both, pred.contiguous(), group=ctx.cfg_group)
+    wait(dist.all_gather_into_tensor(both, pred.contiguous(), group=ctx.cfg_group, async_op=True))
     return both[:b], both[b:]
 
 

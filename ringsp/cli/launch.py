@@ -24,6 +24,7 @@ import tempfile
 import torch
 
 from .devices import backend_for, device_module
+from .nonfinite import describe_nonfinite
 from .output import describe
 from .report import format_memory_table, format_stage_table
 from .supervise import run_ranks
@@ -121,20 +122,33 @@ def _free_port():
 
 
 def finish(request, outcome, out=None):
-    """On the driver: --compare-single, the tables, the JSON file. Returns the exit code."""
+    """On the driver: the tables and the JSON file first, then --compare-single (a comparison
+    that fails or raises loses nothing: the report is rewritten with its verdict). Returns
+    the exit code: 1 if the output file was not written, the result holds NaN / Inf, or the
+    comparison failed."""
     out = out or sys.stdout
     report = outcome.report
-    code = 0
-    if request.compare_single:
-        report["sp_check"] = compare_with_single(request, outcome)
-        code = 0 if report["sp_check"]["equal"] else 1
-    if not report.get("output", {"written": True})["written"]:
-        code = 1  # the frames are kept (.npy), but the file asked for is not there
+    written = report.get("output", {"written": True})["written"]  # if not, the frames are kept (.npy)
+    code = 0 if written and not report.get("nonfinite") else 1
     _print_report(report, request, out)
     if request.json_path:
         write_json(report, request.json_path)
         print(f"Report written to {request.json_path}", file=out)
+    if request.compare_single:
+        report["sp_check"] = _checked_compare(request, outcome)
+        print(_describe_check(report["sp_check"], report["parallel"]["num_gpus"], request.dtype), file=out)
+        if request.json_path:
+            write_json(report, request.json_path)
+        code = code or (0 if report["sp_check"]["equal"] else 1)
     return code
+
+
+def _checked_compare(request, outcome):
+    try:
+        return compare_with_single(request, outcome)
+    except Exception as exc:  # noqa: BLE001 - the SP result is kept and the check reported as failed
+        return {"reference": "the same generation in a single process", "equal": False,
+                "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
 
 
 def compare_with_single(request, outcome):
@@ -147,7 +161,8 @@ def compare_with_single(request, outcome):
     d_frames = (outcome.frames - ref.frames).abs().max().item()
     d_latents = (outcome.latents - ref.latents).abs().max().item()
     return {"reference": "the same generation in a single process", "max_abs_diff_frames": d_frames,
-            "max_abs_diff_latents": d_latents, "tolerance": tol, "equal": max(d_frames, d_latents) <= tol}
+            "max_abs_diff_latents": d_latents, "tolerance": tol,
+            "equal": d_frames <= tol and d_latents <= tol}  # NaN is not equal (max() would drop it)
 
 
 def _print_report(report, request, out):
@@ -168,14 +183,20 @@ def _print_report(report, request, out):
         print(f"(compile warm-up: torch.compile {c['mode']}{' + CUDA graphs' if c['cuda_graphs'] else ''}, "
               f"{c['warmup_steps']} untimed steps, {c['warmup_s']:.2f} s, also outside the total)", file=out)
     print("\nPeak memory per rank\n" + format_memory_table(report), file=out)
-    if "sp_check" in report:
-        c = report["sp_check"]
-        verdict = "equals" if c["equal"] else "DIFFERS FROM"
-        print(f"\nSP check: the {p['num_gpus']}-process result {verdict} the single-process result: max |diff| "
-              f"frames {c['max_abs_diff_frames']:.3g}, latents {c['max_abs_diff_latents']:.3g} "
-              f"(tolerance {c['tolerance']:g} for {request.dtype})", file=out)
     if "output" in report:
         print(describe(report["output"], request.media), file=out)
+    problem = describe_nonfinite(report.get("nonfinite"))
+    if problem:
+        print(f"ERROR: {problem}", file=out)
+
+
+def _describe_check(c, num_gpus, dtype):
+    if "error" in c:
+        return f"\nSP check FAILED: the single-process run raised {c['error']}; the {num_gpus}-process result is kept"
+    verdict = "equals" if c["equal"] else "DIFFERS FROM"
+    return (f"\nSP check: the {num_gpus}-process result {verdict} the single-process result: max |diff| "
+            f"frames {c['max_abs_diff_frames']:.3g}, latents {c['max_abs_diff_latents']:.3g} "
+            f"(tolerance {c['tolerance']:g} for {dtype})")
 
 
 def write_json(report, path):

@@ -11,7 +11,7 @@ import sys
 from ringsp.models.pipelines import ModelDirError
 
 from .args import PROG, UsageError, build_parser, describe_request, parse_request, usage_exit
-from .supervise import WorkerFailure
+from .supervise import LauncherStopped, WorkerFailure
 
 COMMANDS = ("generate",)
 
@@ -51,6 +51,12 @@ def main(argv=None):
             print(f"Traceback of rank {exc.failures[0].rank}:\n{exc.traceback.rstrip()}", file=sys.stderr)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except LauncherStopped as exc:  # a job scheduler's SIGTERM: every rank was stopped first
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # Ctrl-C: spawned ranks were stopped on the way out
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 __all__ = ["main", "build_parser"]

@@ -47,6 +47,7 @@ class GenerateRequest:
     image_digest: str | None = None  # ... its sha256, so ranks given different files fail together
     image_area: int | None = None   # ... and the pixels it is resized to
     timeout_s: float = DEFAULT_TIMEOUT_S  # the process group's timeout
+    fps: float | None = None        # videos: frames per second written (--fps, else the model's); None for images
 
     @property
     def torch_dtype(self):

@@ -7,12 +7,15 @@ too ("Connection closed by peer") or wait in a collective until the group's time
 torch.multiprocessing's own join reports whichever failed process it looks at first, which
 may be such a peer. Here every failure within a short grace period is collected, the ranks
 that died without a Python error are named first (they are the cause), and the ranks still
-running are stopped (SIGTERM, then SIGKILL), so no process outlives the launcher.
+running are stopped (SIGTERM, then SIGKILL), so no process outlives the launcher. The same
+stop ends every rank when the launcher itself is interrupted (Ctrl-C) or sent SIGTERM /
+SIGHUP (a job scheduler, a closed terminal); the signals then raise LauncherStopped.
 """
 import multiprocessing.connection
 import os
 import pickle
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 GRACE_S = 2.0
 # How long a rank may take to stop after SIGTERM before it is killed.
 STOP_S = 5.0
+_TERMINATION = (signal.SIGTERM, signal.SIGHUP)
+_PEER_FAILURE = "ringsp.parallel.fail_together.PeerFailure:"  # how torch's error file names it
 
 
 @dataclass
@@ -34,6 +39,11 @@ class RankFailure:
     def died(self):
         """True if the rank ended without a Python error (a signal, os._exit, a crash)."""
         return self.traceback is None
+
+    @property
+    def peer_failure(self):
+        """True if the rank raised because another one failed (ringsp.PeerFailure)."""
+        return self.traceback is not None and _last_line(self.traceback).startswith(_PEER_FAILURE)
 
     def headline(self):
         if self.exitcode < 0:
@@ -63,22 +73,74 @@ class WorkerFailure(RuntimeError):
         return self.failures[0].traceback if self.failures else None
 
 
+class LauncherStopped(Exception):
+    """The launcher was sent SIGTERM / SIGHUP (a job scheduler, a closed terminal): its
+    ranks were stopped. `signal_name`, `stopped` (the ranks still running then)."""
+
+    def __init__(self, signum):
+        self.signum, self.signal_name, self.stopped = signum, _signal_name(signum), []
+        super().__init__(signum)
+
+    def __str__(self):
+        ranks = f"; ranks {', '.join(map(str, self.stopped))} stopped by ringsp" if self.stopped else ""
+        return f"stopped by {self.signal_name}{ranks}"
+
+
 def run_ranks(fn, args, nprocs):
     """Spawns `nprocs` processes running fn(local_rank, *args) and waits for all of them;
-    raises WorkerFailure if any failed. Returns only when no process is left."""
+    raises WorkerFailure if any failed, LauncherStopped on SIGTERM / SIGHUP (KeyboardInterrupt
+    on Ctrl-C). Returns or raises only when no process it started is left."""
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
-    procs, stopped = context.processes, []
+    termination = _Termination()
     try:
-        _wait(procs)
-    finally:  # a failure, or KeyboardInterrupt in the launcher: no rank outlives it
-        stopped = _stop(procs)
-        failures = [_failure(i, p, context.error_files[i]) for i, p in enumerate(procs)
-                    if i not in stopped and p.exitcode not in (None, 0)]
-        _remove(context.error_files)
-    if failures:
-        raise WorkerFailure(sorted(failures, key=lambda f: (not f.died, f.rank)), stopped)
+        context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+        procs = context.processes
+        try:
+            termination.arm()  # raises now if a signal came while the processes started
+            _wait(procs)
+        except LauncherStopped as exc:
+            exc.stopped = [i for i, p in enumerate(procs) if p.is_alive()]
+            raise
+        finally:  # a failure, a signal, or KeyboardInterrupt in the launcher: no rank outlives it
+            termination.disarm()  # a second signal must not cut the stopping short
+            stopped = _stop(procs)
+            failures = [_failure(i, p, context.error_files[i]) for i, p in enumerate(procs)
+                        if i not in stopped and p.exitcode not in (None, 0)]
+            _remove(context.error_files)
+    finally:
+        termination.restore()
+    if failures:  # causes first: ranks that died, then ranks that raised of their own accord
+        raise WorkerFailure(sorted(failures, key=lambda f: (not f.died, f.peer_failure, f.rank)), stopped)
+
+
+class _Termination:
+    """SIGTERM / SIGHUP in the launcher (their default ends it at once and leaves its ranks
+    running): noted while the ranks start, LauncherStopped once armed, ignored while the
+    ranks are being stopped, the previous handlers back at the end. Main thread only."""
+
+    def __init__(self):
+        self.pending, self.armed, self.previous = None, False, {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in _TERMINATION}
+
+    def _handle(self, signum, frame):
+        if self.armed:
+            raise LauncherStopped(signum)
+        self.pending = signum
+
+    def arm(self):
+        self.armed = True
+        if self.pending is not None:
+            raise LauncherStopped(self.pending)
+
+    def disarm(self):
+        for s in self.previous:
+            signal.signal(s, signal.SIG_IGN)
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _wait(procs):

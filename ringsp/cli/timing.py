@@ -23,7 +23,9 @@ def make_sync(device=None, group=None, distributed=False):
         if distributed:
             import torch.distributed as dist
 
-            dist.barrier(group=group)
+            from ringsp.parallel.fail_together import wait
+
+            wait(dist.barrier(group=group, async_op=True))
 
     return sync
 

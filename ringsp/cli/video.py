@@ -1,19 +1,20 @@
-"""Writing the generated frames to a video file (mp4 and others through imageio-ffmpeg)."""
+"""Writing the generated frames to a video file (mp4 and others through imageio-ffmpeg).
+The frame rate is the request's (--fps, else the model's default: ModelDefaults.fps)."""
 import os
 
 import numpy as np
-
-FPS = 16  # Wan's frame rate
 
 
 def to_uint8(frames):
     """[F, H, W, 3] floats in [0, 1] (tensor or array) -> uint8 array, rounded."""
     arr = frames.numpy() if hasattr(frames, "numpy") else np.asarray(frames)
+    arr = np.nan_to_num(arr, nan=0.0)  # NaN is reported (ringsp.cli.nonfinite) and written black
     return (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def write_video(path, frames, fps=FPS):
-    """Writes [F, H, W, 3] frames in [0, 1] to `path` (its folder is created); returns the path."""
+def write_video(path, frames, fps):
+    """Writes [F, H, W, 3] frames in [0, 1] to `path` at `fps` frames per second (its folder
+    is created); returns the path."""
     import imageio.v2 as imageio
 
     data = to_uint8(frames)

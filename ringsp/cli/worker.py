@@ -8,6 +8,7 @@ if that fails, keeps the frames as .npy: ringsp.cli.output) and returns the repo
 All ranks first check that they were given the same request (torchrun starts each rank
 with its own argv), so ranks that disagree fail together instead of hanging.
 """
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -23,6 +24,7 @@ import torch
 from . import devices
 from .generation import generate
 from .memory import peak_memory, reset_peak
+from .nonfinite import find_nonfinite
 from .report import build_report
 from .output import save_output
 from .timing import StageTimer, make_sync
@@ -83,22 +85,27 @@ def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     load_s = time.perf_counter() - start
     compiled = _compile(pipe, request, ctx, sync) if request.compile_mode else None
     if request.warmup_steps:
-        generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
+        with _together(request, distributed):
+            generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
     reset_peak(device)
     timer = StageTimer(sync)
-    result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
+    with _together(request, distributed):  # denoising and decoding: a rank that raises ends every rank
+        result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
     memory = _gather(peak_memory(device, rank), distributed)
     if rank != 0:
         return None
     save_s, output = 0.0, None
     if request.output and not quiet:
         start = time.perf_counter()
-        output = save_output(request.output, result.frames, request.media)  # never raises: frames kept
+        output = save_output(request.output, result.frames, request.media, request.fps)  # never raises: frames kept
         save_s = time.perf_counter() - start
     report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
                                                                       load_s, save_s, distributed, sp_transformer))
     if output is not None:
         report["output"] = output
+    nonfinite = find_nonfinite(result.latents, result.frames)
+    if nonfinite:
+        report["nonfinite"] = nonfinite
     if compiled is not None:
         report["compile"] = compiled
     if not keep_tensors:
@@ -115,10 +122,20 @@ def _compile(pipe, request, ctx, sync):
     # Qwen's scheduler needs 2 steps; CUDA graphs record on a shape's second forward, replay from the third
     steps = 3 if request.cuda_graphs else 2
     start = time.perf_counter()
-    generate(pipe, dataclasses.replace(request.params(), steps=steps), ctx)
+    with _together(request, ctx is not None):
+        generate(pipe, dataclasses.replace(request.params(), steps=steps), ctx)
     sync()
     return {"mode": request.compile_mode, "cuda_graphs": request.cuda_graphs, "warmup_steps": steps,
             "warmup_s": time.perf_counter() - start}
+
+
+def _together(request, distributed):
+    """ringsp.fail_together over every rank of the run (a no-op in one process)."""
+    if not distributed:
+        return contextlib.nullcontext()
+    from ringsp.parallel import fail_together
+
+    return fail_together(None, timeout_s=request.timeout_s)
 
 
 def load_pipeline_for(request, device):
@@ -200,7 +217,8 @@ def _meta(request, device, notes, load_s, save_s, distributed, sp_transformer):
                     "height": request.height, "width": request.width, "num_frames": request.num_frames,
                     "steps": request.steps, "guidance_scale": request.guidance_scale, "seed": request.seed,
                     "dtype": request.dtype, "vae_dtype": request.vae_dtype,
-                    "warmup_steps": request.warmup_steps, "media": request.media, "image": request.image,
+                    "warmup_steps": request.warmup_steps, "media": request.media, "fps": request.fps,
+                    "image": request.image,
                     "image_area": request.image_area},
         "parallel": {"num_gpus": request.num_gpus if distributed else 1,
                      "ulysses_degree": request.ulysses_degree if distributed else 1,

@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 
 from .devices import comm_stream, stream_module
+from .fail_together import wait
 
 
 class RingExchange:
@@ -42,7 +43,7 @@ class RingExchange:
         """Blocks (CPU) or orders the compute stream after the transfer (accelerator)."""
         if self.stream is None:
             for req in handle:
-                req.wait()
+                wait(req)
             return
         if not handle:
             return
@@ -70,5 +71,5 @@ def all_to_all(x, group):
     """x [world, ...] (slice i goes to rank i) -> [world, ...] (slice i came from rank i)."""
     x = x.contiguous()
     out = torch.empty_like(x)
-    dist.all_to_all_single(out, x, group=group)
+    wait(dist.all_to_all_single(out, x, group=group, async_op=True))
     return out

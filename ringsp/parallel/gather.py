@@ -9,6 +9,8 @@ largest for the transfer and trimmed on arrival.
 import torch
 import torch.distributed as dist
 
+from .fail_together import wait
+
 __all__ = ["all_gather_cat", "gather_cat", "broadcast_from_first"]
 
 # [status, ndim, dtype code, *shape]: enough for the 5-D video tensors and then some.
@@ -30,7 +32,7 @@ def all_gather_cat(x, group, dim, sizes=None):
     """
     dim, send, sizes = _prepare(x, group, dim, sizes)
     parts = [torch.empty_like(send) for _ in sizes]
-    dist.all_gather(parts, send, group=group)
+    wait(dist.all_gather(parts, send, group=group, async_op=True))
     return _trimmed_cat(parts, sizes, dim)
 
 
@@ -39,7 +41,7 @@ def gather_cat(x, group, dim, sizes=None):
     dim, send, sizes = _prepare(x, group, dim, sizes)
     first = dist.get_rank(group) == 0
     parts = [torch.empty_like(send) for _ in sizes] if first else None
-    dist.gather(send, parts, group=group, group_dst=0)
+    wait(dist.gather(send, parts, group=group, group_dst=0, async_op=True))
     return _trimmed_cat(parts, sizes, dim) if first else None
 
 
@@ -61,14 +63,14 @@ def broadcast_from_first(x, group, device, error=None):
             meta[1], meta[2] = x.dim(), _DTYPES.index(x.dtype)
             meta[3 : 3 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
     meta = meta.to(device)
-    dist.broadcast(meta, group=group, group_src=0)
+    wait(dist.broadcast(meta, group=group, group_src=0, async_op=True))
     meta = meta.cpu()
     if int(meta[0]) != _SEND:
         _raise_everywhere(int(meta[0]), message, error, group, device)
     ndim, code = int(meta[1]), int(meta[2])
     shape = [int(s) for s in meta[3 : 3 + ndim]]
     buf = x.to(device).contiguous() if first else torch.empty(shape, dtype=_DTYPES[code], device=device)
-    dist.broadcast(buf, group=group, group_src=0)
+    wait(dist.broadcast(buf, group=group, group_src=0, async_op=True))
     return buf
 
 
@@ -91,7 +93,7 @@ def _raise_everywhere(status, message, error, group, device):
         data = message.encode()[:_MESSAGE_BYTES]
         raw[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     raw = raw.to(device)
-    dist.broadcast(raw, group=group, group_src=0)
+    wait(dist.broadcast(raw, group=group, group_src=0, async_op=True))
     text = bytes(raw.cpu().tolist()).rstrip(b"\0").decode(errors="replace")
     if status == _BAD_INPUT:
         raise ValueError(text if message is not None else f"the group's first rank: {text}")

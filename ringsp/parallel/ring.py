@@ -10,6 +10,10 @@ and text keys in ONE attention call. On a longer ring, every rank computes the t
 state over its own image block first and starts gathering those states before the ring
 loop, so the gather runs under the ring's compute; the text queries' result merges the
 gathered states in rank order on every rank, so it is the same on every rank.
+
+8-bit attention (`precision`), one rule at every ring size: the image-key steps are
+quantised, the text keys are a block of their own attended natively, never quantised with
+image keys under one scale (a ring of one then takes two steps instead of one call).
 """
 import torch
 import torch.distributed as dist
@@ -18,6 +22,7 @@ import ringsp_kernels as rk
 
 from .attention_args import prepare
 from .comm import ring_exchange
+from .fail_together import wait
 from .groups import size_rank
 from .layout import block_kv_len
 
@@ -89,15 +94,24 @@ def ring_pass(q, kv, group, seq_len, scale=None, joint=None, precision=None):
 
 
 def _single_block(q, kv, seq_len, scale, joint, precision):
-    """A ring of one: one attention call, text queries and keys included."""
+    """A ring of one: image and text queries together. Natively that is one attention call
+    over image and text keys; with an 8-bit precision the image keys are one quantised step
+    and the text keys a native one, as on a longer ring (text keys never share a scale)."""
     k, v = kv[0], kv[1]
+    n = min(seq_len, k.shape[1])
     if joint is None:
-        out, _ = rk.attn_fwd(q, k, v, scale, min(seq_len, k.shape[1]), precision)
+        out, _ = rk.attn_fwd(q, k, v, scale, n, precision)
         return out, None
     jq, jk, jv, jlen = joint
-    n = min(seq_len, k.shape[1])
-    out, _ = rk.attn_fwd(torch.cat([q, jq], 1), torch.cat([k[:, :n], jk[:, :jlen]], 1),
-                         torch.cat([v[:, :n], jv[:, :jlen]], 1), scale, None, precision)
+    both = torch.cat([q, jq], 1)
+    if precision is None:
+        out, _ = rk.attn_fwd(both, torch.cat([k[:, :n], jk[:, :jlen]], 1), torch.cat([v[:, :n], jv[:, :jlen]], 1),
+                             scale)
+    else:
+        acc, lse = rk.init_state(both)
+        rk.attn_step_(both, jk, jv, acc, lse, scale, jlen)
+        rk.attn_step_(both, k, v, acc, lse, scale, n, precision)
+        out = rk.finalize(acc, lse, q.dtype)
     return out[:, : q.shape[1]], out[:, q.shape[1]:]
 
 
@@ -128,7 +142,7 @@ def _joint_out(joint, gather, size, scale):
     acc, lse = rk.init_state(joint_q)
     rk.attn_step_(joint_q, joint_k, joint_v, acc, lse, scale, joint_len)
     parts, work = gather
-    work.wait()
+    wait(work)
     for packed in parts:
         rk.merge_(acc, lse, *_unpack(packed, joint_q.shape))
     return rk.finalize(acc, lse, joint_q.dtype)

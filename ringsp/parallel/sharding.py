@@ -3,6 +3,7 @@ import torch
 import torch.distributed as dist
 
 from .agreement import agree, describe
+from .fail_together import wait
 from .layout import check_seq_len, shard_len
 from .mesh import ParallelContext
 
@@ -59,5 +60,5 @@ def gather_sequence(x_local, ctx, dim=1, seq_len=None):
         return x_local.narrow(dim, 0, seq_len)
     x_local = x_local.contiguous()
     parts = [torch.empty_like(x_local) for _ in range(world)]
-    dist.all_gather(parts, x_local, group=group)
+    wait(dist.all_gather(parts, x_local, group=group, async_op=True))
     return torch.cat(parts, dim=dim).narrow(dim, 0, seq_len)

@@ -23,6 +23,8 @@ nothing of what the rows mean.
 import torch
 import torch.distributed as dist
 
+from ringsp.parallel.fail_together import wait
+
 __all__ = ["HaloExchange", "start_halo_exchange", "exchange_halo", "check_group"]
 
 
@@ -38,7 +40,7 @@ class HaloExchange:
     def wait(self):
         if not self._done:
             for work in self._works:
-                work.wait()
+                wait(work)
             self._done = True
         return self._from_prev, self._from_next
 

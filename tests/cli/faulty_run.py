@@ -2,7 +2,8 @@
 test_failures.py: `python tests/cli/faulty_run.py RANK:HOW PIDS_DIR [generate options]`.
 
 HOW: exit (os._exit(3): no Python error), kill (SIGKILL, as the OOM killer does), hang
-(sleeps, as a rank stuck outside any collective would). Every rank writes `<rank>.pid`
+(sleeps, as a rank stuck outside any collective would), raise (a ValueError, as a bad hook
+on one rank would). RANK "-" injects no fault (the ranks only report their pids). Every rank writes `<rank>.pid`
 (its pid) into PIDS_DIR when it reaches denoising, and the failing rank `fault.time` (when
 it failed), so the test can check that the run ended soon after and left no process.
 
@@ -34,6 +35,8 @@ def _faulty_denoise(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
         if how == "hang":
             time.sleep(3600)
+        if how == "raise":
+            raise ValueError(f"fault injected on rank {rank}")
         raise ValueError(f"unknown fault {how!r}")
     return _denoise(*args, **kwargs)
 

@@ -278,3 +278,56 @@ def test_unsupported_qwen_transformers(capsys, qwen_model_dir, tmp_path, key, wh
     config[key] = 12 if key == "in_channels" else True
     (model / "transformer" / "config.json").write_text(json.dumps(config))
     usage_error(capsys, ["--model-path", str(model)], what)
+
+
+@pytest.mark.parametrize("seed, ok", [("0", True), (str(2**64 - 1), True), (str(2**64), False), ("-1", False)])
+def test_seed_is_what_torch_generator_takes(capsys, seed, ok):
+    if ok:
+        request = parse_request(TINY + ["--seed", seed], env={})
+        torch.Generator().manual_seed(request.seed)  # what the latents are drawn with
+    else:
+        usage_error(capsys, TINY + ["--seed", seed], "--seed must be from 0 to 2**64 - 1", f"got {seed}")
+
+
+def test_an_existing_output_is_refused_unless_overwrite(capsys, tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"an earlier video")
+    argv = TINY[:-1] + ["--output", str(video)]
+    usage_error(capsys, argv, f"--output {str(video)!r} exists; pass --overwrite")
+    assert parse_request(argv + ["--overwrite"], env={}).output == str(video)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(tmp_path / "elsewhere.mp4")  # dangling: still refused, even with --overwrite
+    usage_error(capsys, TINY[:-1] + ["--output", str(link), "--overwrite"], "is a symbolic link")
+
+
+def test_an_existing_default_output_moves_to_the_next_free_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = parse_request(TINY[:-1], env={}).output
+    assert first == os.path.join("outputs", "tiny-wan_u1r1.mp4")
+    os.makedirs("outputs")
+    for name in (first, os.path.join("outputs", "tiny-wan_u1r1-2.mp4")):
+        with open(name, "wb") as f:
+            f.write(b"an earlier video")
+    assert parse_request(TINY[:-1], env={}).output == os.path.join("outputs", "tiny-wan_u1r1-3.mp4")
+
+
+def test_the_frame_rate_is_the_models_unless_fps_is_given(capsys):
+    ti2v = ["--model", "wan2.2-ti2v-5b", "--dummy-weights", "--device", "cpu", "--no-output"]
+    assert parse_request(ti2v, env={}).fps == 24  # Wan2.2-TI2V-5B's published frame rate
+    assert parse_request(TINY, env={}).fps == 16
+    assert parse_request(["--model", "wan2.1-t2v-1.3b", "--dummy-weights", "--device", "cpu", "--no-output"],
+                         env={}).fps == 16
+    assert parse_request(ti2v + ["--fps", "12.5"], env={}).fps == 12.5
+    usage_error(capsys, TINY + ["--fps", "0"], "--fps must be a finite number > 0")
+    usage_error(capsys, ["--model", "tiny-qwen-image", "--device", "cpu", "--no-output", "--fps", "8"],
+                "--fps is for video models")
+
+
+def test_a_ti2v_model_dir_gets_24_fps(tiny_model_dir, tmp_path):
+    ti2v = tmp_path / "ti2v"
+    shutil.copytree(tiny_model_dir, ti2v)
+    index = json.loads((ti2v / "model_index.json").read_text())
+    index["expand_timesteps"] = True  # what marks a Wan2.2-TI2V-5B directory
+    (ti2v / "model_index.json").write_text(json.dumps(index))
+    assert parse_request(["--model-path", str(ti2v), "--device", "cpu", "--no-output"], env={}).fps == 24
+    assert parse_request(["--model-path", tiny_model_dir, "--device", "cpu", "--no-output"], env={}).fps == 16

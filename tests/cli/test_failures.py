@@ -152,3 +152,52 @@ def test_timeout_must_be_positive_and_finite(value):
 
     with pytest.raises(UsageError, match="--timeout must be a finite number of seconds > 0"):
         parse_request(["--model", "tiny-wan", "--device", "cpu", "--no-output", "--timeout", value], env={})
+
+
+def _faulty_generate(tmp_path, fault, *options, **popen):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    argv = [sys.executable, DRIVER, fault, str(tmp_path), "generate", "--model", "tiny-wan", "--device", "cpu",
+            "--num-gpus", "2", "--ring-degree", "2", "--no-output", *options]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_that_raises_is_named_first_and_its_peer_fails_together(tmp_path):
+    proc = _faulty_generate(tmp_path, "1:raise", "--steps", "2")
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr[-3000:]
+    pids = {r: (tmp_path / f"{r}.pid").read_text() for r in (0, 1)}
+    last = stderr.strip().splitlines()[-1]
+    # the cause first, with its traceback; its peer raised PeerFailure naming it (fail_together in the
+    # worker), not a "connection closed" of its own
+    assert last == (f"ringsp generate: error: rank 1 (pid {pids[1]}) raised ValueError: fault injected on rank 1; "
+                    f"rank 0 (pid {pids[0]}) raised ringsp.parallel.fail_together.PeerFailure: rank 1 failed inside "
+                    "a fail_together region: ValueError: fault injected on rank 1"), stderr[-3000:]
+    assert "Traceback of rank 1:" in stderr
+    assert _since_fault(tmp_path) < ENDS_WITHIN_S
+    _check_nothing_left(tmp_path)
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    proc = _faulty_generate(tmp_path, "-:none", "--steps", "2000")  # denoising lasts minutes
+    deadline = time.monotonic() + 200
+    while len(list(tmp_path.glob("*.pid"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    ranks = [int((tmp_path / f"{r}.pid").read_text()) for r in (0, 1)]
+    time.sleep(1.0)  # mid-denoise
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    left = ranks
+    while left and time.monotonic() < sent + 10:
+        left = [pid for pid in left if _alive(pid)]
+        time.sleep(0.1)
+    assert left == [], f"ranks left running 10 s after SIGTERM: {left}"
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    # (after rank 0's progress bar, which a stopped rank ends without a newline)
+    assert stderr.rstrip().endswith("ringsp generate: stopped by SIGTERM; ranks 0, 1 stopped by ringsp"), stderr[-3000:]

@@ -2,6 +2,7 @@
 written (imageio without imageio-ffmpeg, no ffmpeg binary, no pillow); kept losslessly as
 .npy beside it, with the report still printed, when writing fails at the end."""
 import json
+import os
 import sys
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_a_failed_write_keeps_the_frames(monkeypatch, tmp_path):
     _tiff_writer_failure(monkeypatch)
     frames = _frames()
     path = tmp_path / "v.mp4"
-    result = save_output(str(path), frames, "video")
+    result = save_output(str(path), frames, "video", 16)
     assert result == {"path": str(path), "written": False,
                       "error": "TypeError: TiffWriter.write() got an unexpected keyword argument 'fps'",
                       "frames_path": str(tmp_path / "v.mp4.frames.npy")}
@@ -114,7 +115,7 @@ def test_an_older_file_is_left_alone_when_the_writer_fails_before_touching_it(mo
     monkeypatch.setattr(imageio, "mimwrite", refuses)
     path = tmp_path / "v.mp4"
     path.write_bytes(b"an earlier video")
-    result = save_output(str(path), _frames(), "video")
+    result = save_output(str(path), _frames(), "video", 16)
     assert not result["written"] and result["error"] == "OSError: No space left on device"
     assert path.read_bytes() == b"an earlier video"
 
@@ -151,3 +152,20 @@ def test_generate_prints_the_report_and_says_where_the_frames_are(tiny_model_dir
     report = json.loads(report_path.read_text())
     assert check_report(report) == [] and report["output"]["written"] is False
     assert report["output"]["frames_path"] == str(npy)
+
+
+def test_the_frames_fallback_follows_no_link_and_keeps_older_files(monkeypatch, tmp_path):
+    _tiff_writer_failure(monkeypatch)
+    folder, outside = tmp_path / "out", tmp_path / "outside.npy"
+    folder.mkdir()
+    (folder / "v.mp4.frames.npy").symlink_to(outside)  # a link planted where the fallback writes
+    (folder / "w.mp4.frames.npy").write_bytes(b"an earlier run's frames")
+    frames = _frames()
+    for name in ("v.mp4", "w.mp4"):
+        result = save_output(str(folder / name), frames, "video", 16)
+        saved = result["frames_path"]
+        assert os.path.dirname(saved) == str(folder) and not os.path.islink(saved), saved
+        assert os.path.basename(saved).startswith(name + ".frames-") and saved.endswith(".npy")
+        np.testing.assert_array_equal(np.load(saved), to_uint8(frames))
+    assert not outside.exists() and os.path.islink(folder / "v.mp4.frames.npy")
+    assert (folder / "w.mp4.frames.npy").read_bytes() == b"an earlier run's frames"

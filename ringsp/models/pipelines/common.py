@@ -21,6 +21,7 @@ class ModelDefaults:
     guidance_scale: float
     max_sequence_length: int = 512
     image_area: int | None = None  # edit models: pixels the reference image is resized to
+    fps: float = 16.0  # video models: the published frame rate (Wan2.1, Wan2.2 A14B: 16); images ignore it
 
 
 @dataclass(frozen=True)

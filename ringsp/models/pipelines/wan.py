@@ -35,7 +35,7 @@ _UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "
 _DEFAULTS = {
     "wan2.1-t2v-1.3b": ModelDefaults(480, 832, 81, 50, 5.0),
     "wan2.1-t2v-14b": ModelDefaults(720, 1280, 81, 50, 5.0),
-    "wan2.2-ti2v-5b": ModelDefaults(704, 1280, 121, 50, 5.0),
+    "wan2.2-ti2v-5b": ModelDefaults(704, 1280, 121, 50, 5.0, fps=24.0),  # 720p at 24 fps, as published
     "wan2.2-t2v-a14b": ModelDefaults(720, 1280, 81, 40, 4.0),
     # Non-square and odd latent sizes (6 x 10 latents, 3 latent frames: 45 tokens) so
     # transposed or unevenly sharded axes show up as differences, not as luck.
