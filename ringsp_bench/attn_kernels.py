@@ -90,9 +90,14 @@ def candidates(q, k, v, rk, cuda_ops):
                 return fn()
         return run
 
+    from ringsp_kernels.cuda import hopper
+
     fa4_rows = {}
+    if hopper.usable(q):  # ringsp's own Hopper kernel, merge inside
+        fa4_rows = {"attn_fwd[hopper]": forced("hopper", lambda: rk.attn_fwd(q, k, v)),
+                    "step_chain4[hopper]": forced("hopper", chain)}
     if fa4.available():
-        fa4_rows = {"attn_fwd[fa4]": forced("fa4", lambda: rk.attn_fwd(q, k, v)),
+        fa4_rows |= {"attn_fwd[fa4]": forced("fa4", lambda: rk.attn_fwd(q, k, v)),
                     "step_chain4[fa4]": forced("fa4", chain),
                     "fa4": lambda: fa4.attention(q, k, v, q.shape[-1] ** -0.5, S)}
     return {
@@ -110,9 +115,9 @@ def candidates(q, k, v, rk, cuda_ops):
     }
 
 
-def check(q, k, v, rk, cuda_ops):
-    """The Triton kernel's output/LSE against cuDNN's: relative error of out, max |lse diff|."""
-    with cuda_ops.forced("triton"):
+def check(q, k, v, rk, cuda_ops, path="triton"):
+    """A path's output/LSE against cuDNN's: relative error of out, max |lse diff|."""
+    with cuda_ops.forced(path):
         out, lse = rk.attn_fwd(q, k, v)
         ref_out, ref_lse = cuda_ops.cudnn_attn(q, k, v, q.shape[-1] ** -0.5, k.shape[1])
         acc, st = rk.init_state(q)
@@ -191,8 +196,11 @@ def summarise(entry):
     entry["ratio_to_cudnn"] = {c: ms["cudnn"] / t for c, t in ms.items()}
     entry["chain_over_fwd"] = ms["step_chain4"] / ms["attn_fwd"]
     entry["chain_over_fwd_auto"] = ms["step_chain4[auto]"] / ms["attn_fwd[auto]"]
-    best_fwd = min(ms[c] for c in ("attn_fwd", "cudnn", "attn_fwd[fa4]") if c in ms)
-    best_chain = min(ms[c] for c in ("step_chain4", "step_chain4[cudnn]", "step_chain4[fa4]") if c in ms)
+    if "attn_fwd[hopper]" in ms:
+        entry["chain_over_fwd_hopper"] = ms["step_chain4[hopper]"] / ms["attn_fwd[hopper]"]
+    best_fwd = min(ms[c] for c in ("attn_fwd", "cudnn", "attn_fwd[fa4]", "attn_fwd[hopper]") if c in ms)
+    best_chain = min(ms[c] for c in ("step_chain4", "step_chain4[cudnn]", "step_chain4[fa4]",
+                                     "step_chain4[hopper]") if c in ms)
     entry["auto_vs_best"] = {"fwd": ms["attn_fwd[auto]"] / best_fwd, "chain": ms["step_chain4[auto]"] / best_chain}
 
 
@@ -211,6 +219,7 @@ def main():
     import triton
 
     import ringsp_kernels as rk
+    from ringsp_kernels.cuda import hopper
     from ringsp_kernels.cuda import ops as cuda_ops
 
     logging.basicConfig(format="%(message)s")
@@ -225,6 +234,8 @@ def main():
         fl = flops(1, H, S, S, D)
         entry = {"S": S, "H": H, "D": D, "dispatch": dispatch_entries(q, S, D, H, rk, cuda_ops),
                  "check": check(q, k, v, rk, cuda_ops)}
+        if hopper.usable(q):
+            entry["check_hopper"] = check(q, k, v, rk, cuda_ops, "hopper")
         entry["ms"] = timed(candidates(q, k, v, rk, cuda_ops), bench, args.rounds)
         entry["tflops"] = {c: fl / ms / 1e9 for c, ms in entry["ms"].items()}
         if args.sweep:
@@ -232,7 +243,8 @@ def main():
                                      for c, ms in sweep(q, k, v, bench).items()}
         summarise(entry)
         report["shapes"][name] = entry
-        print(f"\n## {name}: S={S} H={H} D={D}  check {entry['check']}", flush=True)
+        print(f"\n## {name}: S={S} H={H} D={D}  check {entry['check']} hopper {entry.get('check_hopper')}",
+              flush=True)
         print(f"  dispatch: fwd {entry['dispatch']['fwd']}, step {entry['dispatch']['step']}")
         for cand in entry["ms"]:
             print(f"  {cand:20s} {entry['ms'][cand]:9.3f} ms {entry['tflops'][cand]:7.1f} TFLOP/s "

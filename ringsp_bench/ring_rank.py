@@ -64,7 +64,7 @@ def ring_blocks(S, N, H, g):
 def measure_ring(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
     from ringsp_kernels import dispatch
-    from ringsp_kernels.cuda import fa4
+    from ringsp_kernels.cuda import fa4, hopper
     from ringsp_kernels.cuda import ops as cuda
 
     blk, blocks = ring_blocks(S, N, H, g)
@@ -81,6 +81,8 @@ def measure_ring(S, H, N, T1, bench, rounds, g):
            "ringsp[cudnn+merge]": forced("cudnn"), "peers": lambda: peers_ring(q, blocks, scale, cuda.cudnn_attn)}
     if fa4.available():
         fns["ringsp[fa4+merge]"] = forced("fa4")
+    if hopper.usable(q):
+        fns["ringsp[hopper]"] = forced("hopper")
     fns["ringsp[auto]"]()  # resolves the dispatch (a class no table knows is measured now)
     ms = timed(fns, bench, rounds)
     key = dispatch.class_key(cuda.device_name(q.get_device()), q.dtype, D, H, 1, blk, blk, "step")
@@ -98,7 +100,7 @@ def full_attention_ms(S, H, g, bench, rounds):
 
 def measure_ulysses(S, H, N, T1, bench, rounds, g):
     import ringsp_kernels as rk
-    from ringsp_kernels.cuda import fa4
+    from ringsp_kernels.cuda import fa4, hopper
     from ringsp_kernels.cuda import ops as cuda
 
     h = math.ceil(H / N)
@@ -106,6 +108,8 @@ def measure_ulysses(S, H, N, T1, bench, rounds, g):
     fns = {"ringsp[auto]": lambda: rk.attn_fwd(q, k, v), "cudnn": lambda: cuda.cudnn_attn(q, k, v, D ** -0.5, S)}
     if fa4.available():
         fns["fa4"] = lambda: fa4.attention(q, k, v, D ** -0.5, S)
+    if hopper.usable(q):
+        fns["hopper"] = lambda: hopper.attn_fwd(q, k, v, D ** -0.5, S)
     fns["ringsp[auto]"]()
     ms = timed(fns, bench, rounds)
     return {"heads": h, "ms": ms, "bound": {n: T1 / (N * t) for n, t in ms.items()}}

@@ -46,7 +46,7 @@ from . import caches, settings
 log = logging.getLogger("ringsp")
 
 FORMAT = 1
-PATHS = ("triton", "cudnn", "fa4")
+PATHS = ("triton", "cudnn", "fa4", "hopper")
 OPS = ("fwd", "step")
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "dispatch.json")
 

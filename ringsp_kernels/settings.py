@@ -57,7 +57,7 @@ class Variable:
 
 _FLAG = ("0", "1")
 VARIABLES = (
-    Variable("RINGSP_CUDA_ATTN", "cuda_attn", ("auto", "triton", "cudnn", "fa4"), "auto", True,
+    Variable("RINGSP_CUDA_ATTN", "cuda_attn", ("auto", "triton", "cudnn", "fa4", "hopper"), "auto", True,
              "forces one CUDA attention path for every shape it can run (shapes the forced vendor kernel "
              "refuses run Triton); auto: the dispatch tables choose per shape class"),
     Variable("RINGSP_FA4", "fa4", _FLAG, "1", True,

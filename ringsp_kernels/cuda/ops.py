@@ -19,7 +19,7 @@ import logging
 import torch
 
 from .. import caches, dispatch, settings
-from . import fa4, timing
+from . import fa4, hopper, timing
 from .cudnn import cudnn_attn, cudnn_ok  # noqa: F401  (cudnn_attn: the benchmarks' peer ring)
 from .paths import VENDOR
 from .triton_attn import capability, configs, launch
@@ -41,6 +41,8 @@ def _validated(value):
         raise ValueError(f"RINGSP_CUDA_ATTN must be one of {', '.join(CHOICES)}, got {value!r}")
     if value == "fa4" and not fa4.available():
         raise ValueError(f"RINGSP_CUDA_ATTN=fa4: {fa4.why_unavailable()} (pip install 'ringsp[fa4]')")
+    if value == "hopper" and hopper.why_unavailable():
+        raise ValueError(f"RINGSP_CUDA_ATTN=hopper: {hopper.why_unavailable()}")
     return value
 
 

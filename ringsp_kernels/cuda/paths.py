@@ -10,7 +10,7 @@ runs every usable path the same way.
 from dataclasses import dataclass
 from typing import Callable
 
-from . import fa4
+from . import fa4, hopper
 from .cudnn import cudnn_attn, cudnn_ok
 
 
@@ -31,6 +31,7 @@ def _fa4_usable(q):
 
 
 VENDOR = {
+    "hopper": Path("hopper", hopper.usable, hopper.attn_fwd, hopper.attn_step_),
     "cudnn": Path("cudnn", cudnn_ok, cudnn_attn),
     "fa4": Path("fa4", _fa4_usable, _fa4_fwd),
 }

@@ -15,7 +15,7 @@ import torch
 
 import ringsp_kernels as rk
 from ringsp_kernels import dispatch
-from ringsp_kernels.cuda import fa4, fast_launch, triton_attn
+from ringsp_kernels.cuda import fa4, fast_launch, hopper, triton_attn
 from ringsp_kernels.cuda import ops as cuda
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -50,12 +50,14 @@ def assert_rows_close(out, lse, ref_out, ref_lse, dtype, what):
         f"{what}: worst row error / row max {ratio:.2e} (tol {rtol:.0e}), max lse error {lse_err:.2e} (tol {ltol:.0e})"
 
 
-@pytest.fixture(params=["triton", "cudnn", "fa4", "auto"])
+@pytest.fixture(params=["triton", "cudnn", "fa4", "hopper", "auto"])
 def path(request):
-    """Forced paths (FA4 where installed), and 'auto' in the rank-consistent mode (installed
-    table, no timing)."""
+    """Forced paths (FA4 where installed, ringsp's Hopper kernel on sm90), and 'auto' in the
+    rank-consistent mode (installed table, no timing)."""
     if request.param == "fa4" and not fa4.available():
         pytest.skip(f"FA4 path unavailable: {fa4.why_unavailable()}")
+    if request.param == "hopper" and not hopper.usable(torch.empty(1, 1, 1, 128, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip(f"hopper path unavailable here: {hopper.why_unavailable() or 'not an sm90 GPU'}")
     if request.param == "auto":
         cuda.device_name(torch.cuda.current_device())  # sets the versions: the disk cache is readable
         dispatch.install(dispatch.snapshot())

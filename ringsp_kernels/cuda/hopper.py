@@ -1,0 +1,146 @@
+"""The "hopper" attention path: ringsp's own warp-specialised Gluon kernel (hopper_step.py) on
+sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
+
+    usable(q)                                   sm90, fp16/bf16, head dim 64 or 128, Gluon present
+    attn_fwd(q, k, v, scale, kv_len)            -> (out in q's dtype, lse float32 [B, H, Sq])
+    attn_step_(q, k, v, acc, lse, scale, kv_len)   one ring step into the state, in place
+    launch(..., config=Config(...))             a chosen variant (benchmarks, tests)
+
+Host cost: tensor descriptors are built per call (TMA needs the base addresses), the compiled
+kernel is launched directly through fast_launch.CachedKernel, keyed on everything the compile
+depends on (the kernel specialises on no integer argument).
+"""
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .. import caches
+from .fast_launch import INTERPRET, CachedKernel
+from .triton_attn import capability
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+MAXNREG = 168  # 3 warpgroups: consumers 240 registers each, producer 24 (see ring_step_kernel)
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int = 128      # query rows per program (two consumer warpgroups of block_m // 2)
+    block_n: int = 128      # keys per K/V tile
+    stages: int = 2         # K/V tiles in flight
+    persistent: bool = True  # one program per SM walking the work items, else one per item
+    state_tma: bool = True  # the float32 state read by TMA (needs 64 KB of shared memory)
+
+
+# the default per head dim; every field's alternatives were measured (bench/RESULTS.md)
+DEFAULT = {128: Config(), 64: Config()}
+
+try:  # Gluon ships with Triton >= 3.5; without it (or its Hopper dialect) the path is not usable
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .hopper_step import ring_step_kernel
+except ImportError as e:  # noqa: F841 -- kept for the message
+    ring_step_kernel = None
+    _WHY = f"Triton's Gluon Hopper dialect is not importable ({e})"
+else:
+    _WHY = None
+    _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+
+_KERNEL = CachedKernel(ring_step_kernel) if ring_step_kernel is not None else None
+_SMS = {}  # device index -> multiprocessor count
+_LAYOUTS = {}  # (dtype, block shape) -> NVMMASharedLayout
+caches.register("hopper path", lambda: (_SMS.clear(), _LAYOUTS.clear()))
+
+
+def why_unavailable():
+    return _WHY
+
+
+def usable(q):
+    """Whether this process can run q's shape class on the hopper path."""
+    return (_KERNEL is not None and not INTERPRET and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[3] in HEAD_DIMS and capability(q.get_device()) == (9, 0))
+
+
+def rows_ok(t):
+    """Whether a [B, S, H, D] tensor reads as one 2-D [B*S, H*D] TMA tensor: D, H packed, batches
+    one after another, 16-byte aligned base and row stride."""
+    B, S, H, D = t.shape
+    s = t.stride()
+    return (s[3] == 1 and s[2] == D and (B == 1 or s[0] == S * s[1]) and (s[1] * t.element_size()) % 16 == 0
+            and t.data_ptr() % 16 == 0)
+
+
+def keys_ok(t):
+    """Whether K or V reads as a 3-D [B, S, H*D] TMA tensor (batches may lie anywhere)."""
+    s = t.stride()
+    es = t.element_size()
+    return (s[3] == 1 and s[2] == t.shape[3] and (s[1] * es) % 16 == 0 and (s[0] * es) % 16 == 0
+            and t.data_ptr() % 16 == 0)
+
+
+def _layout(dtype, block):
+    key = (dtype, block)
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        lay = _LAYOUTS[key] = gl.NVMMASharedLayout.get_default_for(list(block), _GL[dtype])
+    return lay
+
+
+def _sms(dev):
+    n = _SMS.get(dev)
+    if n is None:
+        n = _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    return n
+
+
+def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
+    """Runs the kernel into `acc` (float32 state when has_state, else the output in q's dtype)
+    and `lse`; copies q/k/v whose layout TMA cannot read."""
+    B, Sq, H, D = q.shape
+    c = config or DEFAULT[D]
+    q = q if rows_ok(q) else q.contiguous()
+    k = k if keys_ok(k) else k.contiguous()
+    v = v if keys_ok(v) else v.contiguous()
+    state_tma = has_state and c.state_tma and rows_ok(acc)
+    rows = c.block_m // 2
+    qd = TensorDescriptor(q, [B * Sq, H * D], [q.stride(1), 1], [rows, D], _layout(q.dtype, (rows, D)))
+    kv_lay = _layout(k.dtype, (1, c.block_n, D))
+    kd = TensorDescriptor(k, [B, kv_len, H * D], [k.stride(0), k.stride(1), 1], [1, c.block_n, D], kv_lay)
+    vd = TensorDescriptor(v, [B, kv_len, H * D], [v.stride(0), v.stride(1), 1], [1, c.block_n, D], kv_lay)
+    sd = None
+    if state_tma:
+        sd = TensorDescriptor(acc, [B * Sq, H * D], [acc.stride(1), 1], [rows, D], _layout(torch.float32, (rows, D)))
+    dev = q.get_device()
+    n_m = -(-Sq // c.block_m)
+    n_items = n_m * B * H
+    grid = (min(n_items, _sms(dev)) if c.persistent else n_items, 1, 1)
+    sa, sl = acc.stride(), lse.stride()
+    args = (qd, kd, vd, sd, acc, acc, lse, scale * LOG2E, kv_len, Sq, H, n_m, n_items,
+            sa[0], sa[1], sa[2], sl[0], sl[1], sl[2])
+    align = (acc.data_ptr() % 16 == 0, lse.data_ptr() % 16 == 0)
+    key = (dev, q.dtype, acc.dtype, has_state, state_tma, c, D, align)
+    if dev != torch.cuda.current_device():  # Triton launches on the current device
+        with torch.cuda.device(dev):
+            _KERNEL.launch(key, grid, args, functools.partial(_constexprs, D, has_state, state_tma, c))
+        return
+    _KERNEL.launch(key, grid, args, functools.partial(_constexprs, D, has_state, state_tma, c))
+
+
+def _constexprs(D, has_state, state_tma, c):
+    return (dict(HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages, HAS_STATE=has_state,
+                 STATE_TMA=state_tma), dict(num_warps=4, maxnreg=MAXNREG))
+
+
+def attn_fwd(q, k, v, scale, kv_len):
+    B, Sq, H, _ = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    launch(q, k, v, out, lse, scale, kv_len, False)
+    return out, lse
+
+
+def attn_step_(q, k, v, acc, lse, scale, kv_len):
+    launch(q, k, v, acc, lse, scale, kv_len, True)

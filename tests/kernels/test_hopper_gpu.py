@@ -1,0 +1,65 @@
+"""The hopper path's kernel variants (grid, state load, stages) against float64 attention on an
+sm90 GPU: forward and resumed ring steps, NaN-filled padding, blocks shorter than a tile, more
+than one batch, a strided state (read without TMA). Skipped elsewhere. The worst errors are
+printed (pytest -s) and, with RINGSP_ERR_LOG=file, appended as JSON lines."""
+import itertools
+
+import pytest
+import torch
+
+from ringsp_kernels.cuda import hopper
+
+from .test_ops_gpu import assert_rows_close, padded_blocks, rand, reference
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0) or hopper.why_unavailable(),
+    reason="needs an sm90 GPU and Triton's Gluon")]
+
+VARIANTS = [hopper.Config(block_n=128, stages=s, persistent=p, state_tma=t)
+            for s, p, t in itertools.product((2,), (True, False), (True, False))] + [
+    hopper.Config(block_n=128, stages=3, persistent=True, state_tma=False)]
+CASES = [  # B, Sq, Sk, H, D, kv_len
+    (1, 1000, 1024, 2, 128, 777),
+    (2, 300, 500, 3, 128, None),
+    (1, 70, 40, 1, 128, 13),
+    (2, 1000, 3001, 5, 64, 2999),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("config", VARIANTS, ids=str)
+def test_variant_fwd_and_resumed_chain(config, case, dtype):
+    B, Sq, Sk, H, D, kv_len = case
+    if config.stages == 3 and config.state_tma:
+        pytest.skip("no shared memory for three stages and the TMA state")
+    g = torch.Generator(device="cuda").manual_seed(Sq * 7 + Sk)
+    q, k, v = rand((B, Sq, H, D), dtype, g), rand((B, Sk, H, D), dtype, g), rand((B, Sk, H, D), dtype, g)
+    n = Sk if kv_len is None else kv_len
+    k[:, n:], v[:, n:] = float("nan"), float("nan")
+    ref_out, ref_lse = reference(q, k, v, n)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Sq), float("nan"), device="cuda")
+    hopper.launch(q, k, v, out, lse, D ** -0.5, n, False, config)
+    assert_rows_close(out, lse, ref_out, ref_lse, dtype, f"hopper {config} fwd {case}")
+
+    cuts = [0, n // 3, n // 3, 2 * n // 3 + 1, n]  # includes an empty block
+    acc = torch.zeros(B, Sq, H, D, device="cuda")
+    st = torch.full((B, H, Sq), float("-inf"), device="cuda")
+    for kb, vb, valid in reversed(padded_blocks(k, v, cuts, n // 3 + 7)):
+        if valid:
+            hopper.launch(q, kb, vb, acc, st, D ** -0.5, valid, True, config)
+    assert_rows_close(acc.to(dtype), st, ref_out, ref_lse, dtype, f"hopper {config} chain {case}")
+
+
+def test_a_strided_state_is_read_without_tma():
+    g = torch.Generator(device="cuda").manual_seed(3)
+    B, S, H, D = 1, 700, 4, 128
+    q, k, v = (rand((B, S, H, D), torch.bfloat16, g) for _ in range(3))
+    wide = torch.zeros(B, S, H, 2 * D, device="cuda")
+    acc = wide[..., :D]  # not one [B*S, H*D] tensor: the pointer path reads and writes it
+    st = torch.full((B, H, S), float("-inf"), device="cuda")
+    for a, b in ((0, 300), (300, S)):
+        hopper.launch(q, k[:, a:b], v[:, a:b], acc, st, D ** -0.5, b - a, True, hopper.Config())
+    assert_rows_close(acc.to(torch.bfloat16), st, *reference(q, k, v), torch.bfloat16, "hopper strided state")
+    assert (wide[..., D:] == 0).all()
