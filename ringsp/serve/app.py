@@ -3,7 +3,7 @@
     POST /v1/images/generations   text-to-image models: {"created", "data": [{"b64_json", "seed", "timings"}]}
     POST /v1/images/edits         edit models, the input image in the body as base64
     POST /v1/videos               video models: a job object {"id", "status", "progress", ...} at once
-    GET  /v1/videos/{id}          the job object; "timings" once completed
+    GET  /v1/videos/{id}          the job object; "timings" once completed (?wait=S: once finished, or S s)
     GET  /v1/videos/{id}/content  the mp4 of a completed job
     DELETE /v1/videos/{id}        forgets a finished job and removes its file
     GET  /v1/models, GET /health
@@ -16,6 +16,7 @@ while the server stops.
 """
 import asyncio
 import base64
+import contextlib
 import hmac
 import os
 import time
@@ -33,6 +34,8 @@ from .requests import BadRequest, check, check_endpoint, store_image
 
 # A body larger than this (by its Content-Length) is refused: an input image of a few MB fits.
 MAX_BODY_BYTES = 64 << 20
+# GET /v1/videos/{id}?wait=S holds the answer until the job finishes, at most this long.
+MAX_WAIT_S = 60.0
 
 
 class _Fail(Exception):
@@ -141,8 +144,14 @@ def create_app(config, pool, dispatcher):
         return _video(job)
 
     @app.get("/v1/videos/{video_id}", dependencies=guarded)
-    async def get_video(video_id: str):
-        return _video(_find(video_id))
+    async def get_video(video_id: str, wait: float = 0.0):
+        job = _find(video_id)
+        if not 0 <= wait <= MAX_WAIT_S:
+            raise BadRequest(f"wait must be 0..{MAX_WAIT_S:g} seconds, got {wait:g}", "wait")
+        if wait and not job.finished:  # an extension: answers as soon as the job ends (no polling)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_finished(job), wait)
+        return _video(job)
 
     @app.get("/v1/videos/{video_id}/content", dependencies=guarded)
     async def video_content(video_id: str):

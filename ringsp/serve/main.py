@@ -122,7 +122,9 @@ class _Server:
 def _listen(host, port):
     """The listening socket, bound before any worker starts (a port in use is one line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets (with proto 0 every
+    # small response waited ~40 ms for a delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
