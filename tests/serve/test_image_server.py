@@ -23,20 +23,20 @@ def _png(b64):
         return np.asarray(img.convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def image_server():
-    srv = Server("--model", "tiny-qwen-image", "--device", "cpu", "--num-gpus", "2", "--ulysses-degree", "2",
-                 "--vae-min-parallel-pixels", "0")
+def _serving(model, *flags):
+    srv = Server("--model", model, "--device", "cpu", "--num-gpus", "2", *flags)
     yield srv
     srv.terminate()
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    yield from _serving("tiny-qwen-image", "--ulysses-degree", "2", "--vae-min-parallel-pixels", "0")
 
 
 @pytest.fixture(scope="module")
 def edit_server():
-    srv = Server("--model", "tiny-qwen-image-edit", "--device", "cpu", "--num-gpus", "2", "--ring-degree", "2",
-                 "--image-area", "2304")
-    yield srv
-    srv.terminate()
+    yield from _serving("tiny-qwen-image-edit", "--ring-degree", "2", "--image-area", "2304")
 
 
 def test_generations_return_n_decodable_pngs_with_their_stage_tables(image_server):

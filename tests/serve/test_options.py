@@ -2,6 +2,7 @@
 before any worker starts; the no-argument server is the tiny Wan on 2 CPU processes."""
 import os
 import re
+import socket
 
 import pytest
 
@@ -50,8 +51,6 @@ def test_an_edit_server_warms_up_on_an_image_of_its_own(tmp_path):
 
 
 def test_the_console_script_reports_a_port_in_use(capsys):
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -59,3 +58,14 @@ def test_the_console_script_reports_a_port_in_use(capsys):
             main(["serve", *TINY, "--port", str(busy.getsockname()[1])])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("ringsp serve: error: cannot listen on 127.0.0.1:")
+
+
+def test_the_listening_socket_is_tcp_so_answers_go_out_without_delay():
+    from ringsp.serve.main import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        # asyncio sets TCP_NODELAY on accepted sockets only when the protocol is IPPROTO_TCP
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

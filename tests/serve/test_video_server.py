@@ -107,6 +107,13 @@ def test_a_missing_or_wrong_key_is_refused(server):
             assert c.get("/v1/models", headers=headers).status_code == 401
 
 
+def test_wait_answers_once_the_job_has_finished(client):
+    job = client.post("/v1/videos", json=FAST).json()
+    assert client.get(f"/v1/videos/{job['id']}", params={"wait": 60}).json()["status"] == "completed"
+    reply = client.get(f"/v1/videos/{job['id']}", params={"wait": 61})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "wait"
+
+
 def test_unknown_and_unfinished_videos(client):
     assert client.get("/v1/videos/video_0000").status_code == 404
     assert client.get("/v1/videos/../../etc/passwd/content").status_code == 404
