@@ -26,11 +26,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from ringsp.cli.video import FPS
-
 from .bodies import ImageEdit, ImageGeneration, VideoCreate
 from .jobs import Job, QueueFull, Unavailable, unavailable_reason
-from .requests import BadRequest, check, check_endpoint, store_image
+from .body_checks import BadRequest, check, check_endpoint, store_image
 
 # A body larger than this (by its Content-Length) is refused: an input image of a few MB fits.
 MAX_BODY_BYTES = 64 << 20
@@ -194,7 +192,7 @@ def create_app(config, pool, dispatcher):
         return {"id": job.id, "object": "video", "model": config.model_id, "status": job.status,
                 "progress": job.progress, "created_at": int(job.created_at),
                 "completed_at": int(job.finished_at) if job.status == "completed" else None,
-                "size": job.size, "seconds": f"{job.num_frames / FPS:g}", "num_frames": job.num_frames,
+                "size": job.size, "seconds": f"{job.num_frames / job.fps:g}", "num_frames": job.num_frames,
                 "seed": job.seed,
                 "error": {"code": "unavailable" if job.unavailable else "generation_failed", "message": job.error}
                 if failed else None,

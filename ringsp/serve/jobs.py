@@ -28,7 +28,8 @@ class Unavailable(RuntimeError):
 class Job:
     def __init__(self, kind, checked, output_dir, prefix):
         self.id = f"{prefix}_{uuid.uuid4().hex}"
-        self.kind, self.seed, self.size, self.num_frames = kind, checked.seed, checked.size, checked.num_frames
+        self.kind, self.seed, self.size = kind, checked.seed, checked.size
+        self.num_frames, self.fps = checked.num_frames, checked.fps
         suffix = ".mp4" if kind == "video" else ".png"
         # The output files are named by the server's own id: no client string becomes a path.
         paths = [os.path.join(output_dir, f"{self.id}_{i}{suffix}") for i in range(len(checked.requests))]

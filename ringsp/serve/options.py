@@ -67,7 +67,7 @@ def build_parser():
     srv.add_argument("--output-dir", metavar="DIR",
                      help="where the server keeps its videos (file names are its own job ids); default: a "
                      "temporary folder removed when the server stops")
-    p.set_defaults(output=None, no_output=True, json=None, compare_single=False)
+    p.set_defaults(output=None, no_output=True, overwrite=False, json=None, compare_single=False)
     return p
 
 

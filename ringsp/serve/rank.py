@@ -11,9 +11,9 @@ Messages to the server: ("ready", rank, tokenizer or None), ("mark", rank, run_i
 what), ("where", rank, run_id, (state, place)) every WHERE_S during a run (a thread looks
 at where the rank's main thread is: "waiting" inside torch.distributed, or "busy" at a
 line), ("error", rank, run_id, text) as soon as a rank's run raised, and from rank 0
-("done", 0, run_id, report) or ("failed", 0, run_id, text).
+("done", 0, run_id, report) or ("failed", 0, run_id, text, out_of_step): after a failure
+inside ringsp.fail_together the process groups are out of step, and the workers end.
 """
-import contextlib
 import datetime
 import os
 import pickle
@@ -71,8 +71,10 @@ def serve_loop(local_rank, config, port, jobs, events, build_engine):
             break
         if message[0] == RUN:
             running["run"] = message[1]
-            _run(engine, message[1], message[2], events, control)
+            go_on = _run(engine, message[1], message[2], events, control)
             running["run"] = None
+            if not go_on:
+                break
     dist.destroy_process_group()
     exit_spawned_rank()
 
@@ -137,37 +139,45 @@ def _broadcast(message, group):
 
 
 def _run(engine, run_id, request, events, control):
+    """One request on this rank; returns False when the workers cannot go on after it."""
     import torch.distributed as dist
+
+    from ringsp.cli.nonfinite import describe_nonfinite
 
     def mark(kind, what):
         events.send(("mark", engine.rank, run_id, kind, what))
 
     error, outcome = None, None
     try:
-        with fail_together(control):
-            outcome = engine.run(request, progress=False, listener=mark, require_finite=True)
-    except Exception as exc:  # noqa: BLE001 - any failure of one request: report it and keep serving
+        # Inside, ringsp.fail_together makes every rank raise when one does (the engine's guard).
+        outcome = engine.run(request, progress=False, listener=mark)
+    except Exception as exc:  # noqa: BLE001 - any failure of one request: report it
         traceback.print_exc()
         error = f"{type(exc).__name__}: {exc}"
         events.send(("error", engine.rank, run_id, error))
         _release_memory(engine.device)
-    errors = [None] * dist.get_world_size(control)
-    dist.all_gather_object(errors, error, group=control)  # the ranks leave the request together
-    if engine.rank != 0:
-        return
-    failed = [f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
-    if failed:
-        events.send(("failed", 0, run_id, "; ".join(failed)))
-    else:
-        events.send(("done", 0, run_id, outcome.report))
+    ends = [None] * dist.get_world_size(control)
+    dist.all_gather_object(ends, (error, groups_out_of_step()), group=control)  # the ranks leave together
+    broken = any(out_of_step for _, out_of_step in ends)
+    if engine.rank == 0:
+        failed = [f"rank {r}: {e}" for r, (e, _) in enumerate(ends) if e is not None]
+        nonfinite = describe_nonfinite(outcome.report.get("nonfinite")) if outcome is not None else None
+        if failed:
+            events.send(("failed", 0, run_id, "; ".join(failed), broken))
+        elif nonfinite:  # every rank holds the same latents: nothing is out of step
+            events.send(("failed", 0, run_id, nonfinite, False))
+        else:
+            events.send(("done", 0, run_id, outcome.report))
+    return not broken
 
 
-def fail_together(group):
-    """Where every rank is made to raise when one does (a guard of ringsp.parallel, being
-    written apart). Until it is there, a rank that raises alone leaves its peers inside a
-    collective, and the server turns unavailable after FAIL_TOGETHER_S naming that rank
-    (ringsp.serve.workers) rather than waiting for the group's timeout."""
-    return contextlib.nullcontext()
+def groups_out_of_step():
+    """True once a ringsp.fail_together region of this process has failed: its process groups
+    are then out of step (a peer's collectives half matched) and every later region raises."""
+    import importlib
+
+    guard = importlib.import_module("ringsp.parallel.fail_together")  # the module, not the function
+    return getattr(guard, "_failed", None) is not None
 
 
 def _release_memory(device):

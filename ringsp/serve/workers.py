@@ -147,7 +147,7 @@ class WorkerPool:
             self._run = None
             if run.report is not None:
                 return run.report
-            if run.failure is not None:
+            if run.failure is not None:  # its own error, even when the workers went down with it
                 raise RunFailed(run.failure)
             raise WorkersDown(self.reason)
 
@@ -156,7 +156,9 @@ class WorkerPool:
         sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
         readers = dict(self._readers)
         while sentinels or readers:
-            for obj in multiprocessing.connection.wait(list(readers) + list(sentinels), POLL_S):
+            ready = multiprocessing.connection.wait(list(readers) + list(sentinels), POLL_S)
+            # messages first: a worker's last words come before the end of its process
+            for obj in sorted(ready, key=lambda o: o not in readers):
                 if obj in readers:
                     try:
                         message = obj.recv()
@@ -198,6 +200,10 @@ class WorkerPool:
                 run.report = message[3]
             elif kind == "failed":
                 run.failure = message[3]
+                if message[4]:  # the failure left the process groups out of step: the workers end
+                    self._down_locked(f"{message[3]} (in request {run.run_id}); after a failure inside "
+                                      "ringsp.fail_together the process groups are out of step, so the workers "
+                                      "stopped")
             self._cond.notify_all()
 
     def _ended(self, index):
@@ -210,7 +216,7 @@ class WorkerPool:
                 return
             failures = [read_failure(i, p, self._context.error_files[i]) for i, p in enumerate(self._procs)
                         if p.exitcode not in (None, 0)]
-            failures.sort(key=lambda f: (not f.died, f.rank))
+            failures.sort(key=lambda f: (not f.died, f.peer_failure, f.rank))
             where = "while loading" if self.state == "starting" else "while serving"
             self._down_locked(f"{'; '.join(f.headline() for f in failures)} ({where})")
 

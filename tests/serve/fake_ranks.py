@@ -6,6 +6,8 @@ is loaded, so a pool starts in seconds): the prompt says what the run does.
     "raise:R"    rank R raises alone; its peers wait inside the all-reduce
     "hang:R"     rank R sleeps; its peers wait inside the all-reduce
     "exit:R"     rank R ends without a Python error (os._exit(3))
+    "guard:R"    rank R raises inside ringsp.fail_together while its peers wait in a guarded
+                 all-reduce: every rank raises, and the process groups are out of step
 """
 import os
 import time
@@ -24,7 +26,15 @@ class FakeEngine:
 
         how, _, who = request.prompt.partition(":")
         listener("stage", "Denoising")
-        if how != "ok" and who in ("all", str(self.rank)):
+        if how == "guard":
+            from ringsp.parallel import fail_together
+            from ringsp.parallel.fail_together import wait
+
+            with fail_together(None, timeout_s=30):
+                if who == str(self.rank):
+                    raise MemoryError(f"out of memory on rank {self.rank}")
+                wait(dist.all_reduce(torch.ones(1), async_op=True))
+        if how not in ("ok", "guard") and who in ("all", str(self.rank)):
             if how == "hang":
                 time.sleep(3600)
             if how == "exit":

@@ -73,7 +73,7 @@ def test_a_video_job_gives_a_decodable_mp4_and_its_stage_table(client, tmp_path)
     ({"prompt": "x", "seconds": 1, "num_frames": 5}, "seconds", "not both"),
     ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps", "num_inference_steps must be >= 1"),
     ({"prompt": "x", "guidance_scale": -1.0}, "guidance_scale", "guidance_scale must be >= 0"),
-    ({"prompt": "x", "seed": -1}, "seed", "seed must be >= 0"),
+    ({"prompt": "x", "seed": -1}, "seed", "seed must be from 0 to 2**64 - 1"),
     ({"prompt": "word " * 40}, "prompt", "tokens long; tiny-wan takes at most 32"),
     ({"prompt": "x", "negative_prompt": "fog " * 40}, "negative_prompt", "takes at most 32"),
     ({"prompt": 3}, "prompt", "valid string"),

@@ -50,6 +50,24 @@ def test_requests_run_one_at_a_time_and_a_failure_on_every_rank_is_survived():
 
 
 @pytest.mark.timeout(180)
+def test_a_failure_inside_fail_together_fails_the_request_then_stops_the_workers():
+    pool, config = _pool()
+    pids = pool.pids()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RunFailed, match=r"rank 1: MemoryError: out of memory on rank 1") as info:
+            _ask(pool, config, "guard:1")
+        assert "rank 0: PeerFailure: rank 1 failed inside a fail_together region" in str(info.value)
+        assert time.monotonic() - start < 20
+        assert pool.state == "down" and "process groups are out of step" in pool.reason
+        with pytest.raises(WorkersDown, match="out of step"):
+            _ask(pool, config, "ok")
+    finally:
+        pool.stop()
+    assert alive(pids) == []
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("fault, reason", [
     ("exit:1", r"rank 1 \(pid \d+\) exited with code 3 without a Python error \(while serving\)"),
     ("hang:1", r"no progress in request hang:1 for 3 s: rank 1 is at fake_ranks\.py:\d+ \(run\), while rank 0 "

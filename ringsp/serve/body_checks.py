@@ -11,7 +11,6 @@ import re
 import secrets
 
 from ringsp.cli.args import UsageError, request_from_args
-from ringsp.cli.video import FPS
 
 from .bodies import MAX_IMAGES
 
@@ -40,6 +39,7 @@ class Checked:
     seed: int
     size: str                        # "WxH" of the output
     num_frames: int
+    fps: float | None                # videos: the frame rate they are written at
 
 
 def check(config, body, kind, tokenizer=None, image_path=None):
@@ -63,7 +63,7 @@ def check(config, body, kind, tokenizer=None, image_path=None):
     args.seed = body.seed if body.seed is not None else secrets.randbelow(_SEED_LIMIT)
     count = 1
     if kind == "video":
-        args.num_frames = _frames(body, info)
+        args.num_frames = _frames(body, info, args.fps or info.defaults.fps)
     else:
         count = body.n
         if not 1 <= count <= MAX_IMAGES:
@@ -78,7 +78,7 @@ def check(config, body, kind, tokenizer=None, image_path=None):
     _check_prompt_length(first, tokenizer)
     requests = [dataclasses.replace(first, seed=first.seed + i) for i in range(count)]
     return Checked(requests=requests, seed=first.seed, size=f"{first.width}x{first.height}",
-                   num_frames=first.num_frames)
+                   num_frames=first.num_frames, fps=first.fps)
 
 
 def check_endpoint(info, kind):
@@ -101,8 +101,8 @@ def _size(text):
     return int(m.group(1)), int(m.group(2))
 
 
-def _frames(body, info):
-    """num_frames from the body's num_frames, or from seconds at the writer's frame rate
+def _frames(body, info, fps):
+    """num_frames from the body's num_frames, or from seconds at the video's frame rate
     (rounded to the nearest count the VAE takes)."""
     if body.seconds is not None and body.num_frames is not None:
         raise BadRequest("give seconds or num_frames, not both", "seconds")
@@ -115,7 +115,7 @@ def _frames(body, info):
     if not seconds > 0 or seconds > 3600:
         raise BadRequest(f"seconds must be > 0 (and at most 3600), got {body.seconds!r}", "seconds")
     t = info.vae_scale_temporal
-    return t * max(0, round(seconds * FPS / t)) + 1
+    return t * max(0, round(seconds * fps / t)) + 1
 
 
 def _namer(body):
