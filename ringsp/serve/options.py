@@ -60,8 +60,7 @@ def build_parser():
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     srv.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s; 0: any free port")
     srv.add_argument("--api-key", metavar="KEY",
-                     help="require `Authorization: Bearer KEY` on every endpoint but /health (default: the "
-                     "RINGSP_API_KEY environment variable, else none)")
+                     help="require `Authorization: Bearer KEY` on every endpoint but /health (default: none)")
     srv.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                      help="requests waiting behind the running one; more get 429 (default %(default)s)")
     srv.add_argument("--output-dir", metavar="DIR",
@@ -83,14 +82,14 @@ def parse_config(argv, env=None):
     args.warmup_steps = 0  # per request: none (the server warms up once, at start)
     output_dir, own = _output_dir(args.output_dir)
     try:
-        return _config(args, info, env, warmup, output_dir, own, demo)
+        return _config(args, info, warmup, output_dir, own, demo)
     except UsageError:
         if own:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
 
 
-def _config(args, info, env, warmup, output_dir, own, demo):
+def _config(args, info, warmup, output_dir, own, demo):
     if info.edit and args.image is None:  # the warm-up of an edit model needs an input image
         args.image = _warmup_image(output_dir, args.image_area or info.defaults.image_area)
     base = request_from_args(args, info, env={})
@@ -104,8 +103,7 @@ def _config(args, info, env, warmup, output_dir, own, demo):
     problem = writer_problem("x" + suffix)
     if problem:
         raise UsageError(f"the server writes {suffix} files: {problem}")
-    api_key = args.api_key if args.api_key is not None else env.get("RINGSP_API_KEY") or None
-    config = ServeConfig(host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue,
+    config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or None, max_queue=args.max_queue,
                          output_dir=output_dir, own_output_dir=own, info=info, args=args, base=base,
                          warmup_steps=warmup, demo=demo)
     return config

@@ -15,7 +15,7 @@ START_S = 300  # two workers importing diffusers and building a tiny model on a 
 
 class Server:
     def __init__(self, *args, api_key=None):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "RINGSP_API_KEY")}
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         env["OMP_NUM_THREADS"] = "1"
         env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
         argv = [sys.executable, "-m", "ringsp", "serve", "--port", "0", *args]
