@@ -37,7 +37,17 @@ OUTPUT_ONLY_DESTS = frozenset({"output", "no_output", "json"})
 
 
 class UsageError(Exception):
-    """A bad argument: reported as one line and exit code 2."""
+    """A bad argument: reported as one line and exit code 2. `field` is the GenerateRequest
+    field it is about, where there is one (ringsp serve names the request field from it)."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+def flag_name(field):
+    """How the checks name a request field on the command line: height -> --height."""
+    return "--" + field.replace("_", "-")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +60,23 @@ def build_parser():
                 "sequence parallelism and print the stage time breakdown and peak memory. With no arguments: a "
                 "built-in tiny Wan model on 2 CPU processes, checked against one process; --output, --no-output and "
                 "--json alone keep that demo.")
+    add_model_args(p)
+    add_generation_args(p)
+    add_parallel_args(p)
+    run = add_run_args(p)
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--output", metavar="FILE", help="Wan: a video (mp4 via imageio-ffmpeg); Qwen: a .png image; "
+                     "default: outputs/<model>_<config>.mp4 / .png")
+    out.add_argument("--no-output", action="store_true", help="do not write the video / image")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output file (without it, "
+                     "an existing file is refused; a default path that exists gets the next free -2, -3, ... name)")
+    run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
+    run.add_argument("--compare-single", action="store_true",
+                     help="also run in one process and print the max abs difference of frames and latents")
+    return p
+
+
+def add_model_args(p):
     model = p.add_argument_group("model")
     src = model.add_mutually_exclusive_group()
     src.add_argument("--model-path", metavar="DIR", help="local diffusers directory of a WanPipeline, "
@@ -60,7 +87,10 @@ def build_parser():
                        "UMT5-XXL / Qwen2.5-VL-7B)")
     model.add_argument("--full-text-encoder", action="store_true",
                        help="with --dummy-weights: build the full text encoder (random) instead")
-    gen = p.add_argument_group("generation")
+
+
+def add_generation_args(p, title="generation"):
+    gen = p.add_argument_group(title)
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--image", metavar="PATH", help="the input image of edit models (qwen-image-edit)")
@@ -77,6 +107,10 @@ def build_parser():
     gen.add_argument("--fps", type=float, help="frames per second of the video; default: the model's (16 for "
                      "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B)")
     gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
+    return gen
+
+
+def add_parallel_args(p):
     par = p.add_argument_group("parallelism")
     par.add_argument("--num-gpus", type=int, help="processes (one per GPU / NPU; gloo processes on CPU); "
                      "default: ulysses x ring x cfg, or WORLD_SIZE under torchrun")
@@ -86,21 +120,17 @@ def build_parser():
     par.add_argument("--no-parallel-vae", action="store_true", help="decode on rank 0 alone")
     par.add_argument("--vae-min-parallel-pixels", type=int, metavar="N",
                      help="decodes of fewer output pixels x frames run on rank 0 alone (default: ringsp.vae's)")
+
+
+def add_run_args(p, warmup_help="first run an untimed generation of N steps (fills kernel autotune and cuDNN "
+                 "caches)", warmup_default=0):
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                      help="auto: CUDA, else an Ascend NPU (torch_npu), else CPU")
     run.add_argument("--dtype", choices=("auto",) + tuple(DTYPES), default="auto",
                      help="transformer and text encoder (auto: bf16 on CUDA and NPU, fp32 on CPU)")
     run.add_argument("--vae-dtype", choices=tuple(DTYPES), default="float32")
-    out = run.add_mutually_exclusive_group()
-    out.add_argument("--output", metavar="FILE", help="Wan: a video (mp4 via imageio-ffmpeg); Qwen: a .png image; "
-                     "default: outputs/<model>_<config>.mp4 / .png")
-    out.add_argument("--no-output", action="store_true", help="do not write the video / image")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing --output file (without it, "
-                     "an existing file is refused; a default path that exists gets the next free -2, -3, ... name)")
-    run.add_argument("--json", metavar="REPORT", help="write the stage times and memory as JSON")
-    run.add_argument("--warmup-steps", type=int, default=0, metavar="N",
-                     help="first run an untimed generation of N steps (fills kernel autotune and cuDNN caches)")
+    run.add_argument("--warmup-steps", type=int, default=warmup_default, metavar="N", help=warmup_help)
     run.add_argument("--compile", nargs="?", const="regional", choices=("regional", "full"), metavar="MODE",
                      help="torch.compile the transformer(s): regional (the default MODE: each repeated block, as "
                      "diffusers' compile_repeated_blocks) or full (the whole forward); an untimed warm-up "
@@ -115,9 +145,7 @@ def build_parser():
     run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                      help="the process group's timeout: a collective that waits longer (a stuck or lost rank) ends "
                      "the run with an error instead of a hang (default: %(default)g)")
-    run.add_argument("--compare-single", action="store_true",
-                     help="also run in one process and print the max abs difference of frames and latents")
-    return p
+    return run
 
 
 def parse_request(argv, env=None):
@@ -126,12 +154,18 @@ def parse_request(argv, env=None):
     argv = list(argv)
     demo = not (given_options(argv) - OUTPUT_ONLY_DESTS)
     args = build_parser().parse_args(DEMO_ARGV + argv if demo else argv)
-    info = _model(args)
-    image, reference_size = _image(args, info)
-    sizes = _sizes(args, info, reference_size)
+    return request_from_args(args, model_of(args), env, demo=demo)
+
+
+def request_from_args(args, info, env, demo=False, name=flag_name):
+    """The GenerateRequest of parsed arguments of the model `info` (from model_of(args)).
+    ringsp serve calls it once per HTTP request with the request's fields set on a copy of
+    its own arguments, and `name` saying how those fields are called there."""
+    image, reference_size = _image(args, info, name)
+    sizes = _sizes(args, info, reference_size, name)
     device = _device(args.device)
     world, local_world = _world(args, env)
-    u, r, cfg = _degrees(args, world, sizes["guidance_scale"])
+    u, r, cfg = _degrees(args, world, sizes["guidance_scale"], name)
     num_gpus = u * r * cfg
     _check_devices(device, num_gpus, local_world if world is not None else num_gpus)
     dtype = _dtype(args.dtype, device)
@@ -154,7 +188,8 @@ def parse_request(argv, env=None):
         device=device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], output=output, json_path=args.json,
         compare_single=args.compare_single, warmup_steps=args.warmup_steps, demo=demo, timeout_s=_timeout(args),
         **_compile_options(args, device),
-        under_torchrun=world is not None, media="image" if info.makes_images else "video", fps=_fps(args, info),
+        under_torchrun=world is not None, media="image" if info.makes_images else "video",
+        fps=_fps(args, info, name),
     )
 
 
@@ -166,7 +201,8 @@ def given_options(argv):
     return {dest for dest, value in vars(given).items() if value is not unset}
 
 
-def _model(args):
+def model_of(args):
+    """The ModelInfo the arguments name (the model directory's files checked)."""
     if args.model_path is not None:
         if args.dummy_weights or args.full_text_encoder:
             raise UsageError("--dummy-weights / --full-text-encoder go with --model NAME; --model-path loads "
@@ -185,35 +221,36 @@ def _model(args):
     return model_info(args.model)
 
 
-def _image(args, info):
+def _image(args, info, name):
     """({image, image_digest, image_area} request fields, (width, height) the image is resized
     to) for edit models, the image checked readable; ({}, None) for the others."""
     if not info.edit:
-        for flag, value in (("--image", args.image), ("--image-area", args.image_area)):
-            if value is not None:
-                raise UsageError(f"{flag} is for edit models (qwen-image-edit); {info.name} takes no input image")
+        for field in ("image", "image_area"):
+            if getattr(args, field) is not None:
+                raise UsageError(f"{name(field)} is for edit models (qwen-image-edit); {info.name} takes no input "
+                                 "image", field)
         return {}, None
     if args.image is None:
-        raise UsageError(f"{info.name} edits an input image: give it with --image PATH")
+        raise UsageError(f"{info.name} edits an input image: give it with {name('image')} PATH", "image")
     area = args.image_area if args.image_area is not None else info.defaults.image_area
     if area < 1:
-        raise UsageError(f"--image-area must be >= 1, got {area}")
+        raise UsageError(f"{name('image_area')} must be >= 1, got {area}", "image_area")
     from .qwen_loop import load_image, reference_size
 
     try:
-        image = load_image(args.image, what="--image")
+        image = load_image(args.image, what=name("image"))
         with open(args.image, "rb") as f:  # ranks started with different files must not agree
             digest = hashlib.sha256(f.read()).hexdigest()
     except (OSError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc), "image") from None
     try:
         size = reference_size(image.size, area)
     except ValueError as exc:
-        raise UsageError(f"--image {args.image!r} with --image-area {area}: {exc}") from None
+        raise UsageError(f"{name('image')} {args.image!r} with {name('image_area')} {area}: {exc}", "image") from None
     return {"image": args.image, "image_digest": digest, "image_area": area}, size
 
 
-def _sizes(args, info, reference_size):
+def _sizes(args, info, reference_size, name):
     d = info.defaults
     width, height = reference_size or (d.width, d.height)
     sizes = {"height": _pick(args.height, height), "width": _pick(args.width, width),
@@ -221,58 +258,63 @@ def _sizes(args, info, reference_size):
              "guidance_scale": _pick(args.guidance_scale, d.guidance_scale),
              "max_sequence_length": _pick(args.max_sequence_length, d.max_sequence_length)}
     mh, mw = info.size_multiple
-    for name, value, mult in (("height", sizes["height"], mh), ("width", sizes["width"], mw)):
+    for field, mult in (("height", mh), ("width", mw)):
+        value = sizes[field]
         if value < mult or value % mult:
-            raise UsageError(f"--{name} {value}: {info.name} needs a positive multiple of {mult} "
-                             f"(VAE stride {info.vae_scale_spatial} x patch size {mult // info.vae_scale_spatial})")
-    _check_frames(sizes["num_frames"], info)
+            raise UsageError(f"{name(field)} {value}: {info.name} needs a positive multiple of {mult} "
+                             f"(VAE stride {info.vae_scale_spatial} x patch size {mult // info.vae_scale_spatial})",
+                             field)
+    _check_frames(sizes["num_frames"], info, name)
     if args.vae_min_parallel_pixels is not None and args.vae_min_parallel_pixels < 0:
-        raise UsageError(f"--vae-min-parallel-pixels must be >= 0, got {args.vae_min_parallel_pixels}")
-    for name in ("steps", "max_sequence_length"):
-        if sizes[name] < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {sizes[name]}")
+        raise UsageError(f"{name('vae_min_parallel_pixels')} must be >= 0, got {args.vae_min_parallel_pixels}",
+                         "vae_min_parallel_pixels")
+    for field in ("steps", "max_sequence_length"):
+        if sizes[field] < 1:
+            raise UsageError(f"{name(field)} must be >= 1, got {sizes[field]}", field)
     if info.family == "qwen":
-        _check_qwen(sizes, args.warmup_steps)
+        _check_qwen(sizes, args.warmup_steps, name)
     if not sizes["guidance_scale"] >= 0:
-        raise UsageError(f"--guidance-scale must be >= 0, got {sizes['guidance_scale']}")
+        raise UsageError(f"{name('guidance_scale')} must be >= 0, got {sizes['guidance_scale']}", "guidance_scale")
     if args.warmup_steps < 0:
-        raise UsageError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+        raise UsageError(f"{name('warmup_steps')} must be >= 0, got {args.warmup_steps}", "warmup_steps")
     if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be from 0 to 2**64 - 1 = {MAX_SEED} (what torch.Generator.manual_seed "
-                         f"takes), got {args.seed}")
+        raise UsageError(f"{name('seed')} must be from 0 to 2**64 - 1 = {MAX_SEED} (what "
+                         f"torch.Generator.manual_seed takes), got {args.seed}", "seed")
     return sizes
 
 
-def _fps(args, info):
+def _fps(args, info, name):
     if info.makes_images:
         if args.fps is not None:
-            raise UsageError(f"--fps is for video models; {info.name} makes one image")
+            raise UsageError(f"{name('fps')} is for video models; {info.name} makes one image", "fps")
         return None
     fps = info.defaults.fps if args.fps is None else args.fps
     if not 0 < fps < float("inf"):
-        raise UsageError(f"--fps must be a finite number > 0, got {fps:g}")
+        raise UsageError(f"{name('fps')} must be a finite number > 0, got {fps:g}", "fps")
     return fps
 
 
-def _check_qwen(sizes, warmup_steps):
+def _check_qwen(sizes, warmup_steps, name):
     # Qwen-Image's scheduler stretches the sigmas to its terminal shift: one step makes 0 / 0.
-    for flag, value in (("--steps", sizes["steps"]), ("--warmup-steps", warmup_steps)):
+    for field, value in (("steps", sizes["steps"]), ("warmup_steps", warmup_steps)):
         if value == 1:
-            raise UsageError(f"{flag} 1: Qwen-Image's scheduler needs at least 2 steps (one gives NaN sigmas)")
+            raise UsageError(f"{name(field)} 1: Qwen-Image's scheduler needs at least 2 steps (one gives NaN sigmas)",
+                             field)
     if sizes["max_sequence_length"] > QWEN_MAX_SEQUENCE_LENGTH:
-        raise UsageError(f"--max-sequence-length {sizes['max_sequence_length']}: Qwen-Image takes at most "
-                         f"{QWEN_MAX_SEQUENCE_LENGTH} text tokens")
+        raise UsageError(f"{name('max_sequence_length')} {sizes['max_sequence_length']}: Qwen-Image takes at most "
+                         f"{QWEN_MAX_SEQUENCE_LENGTH} text tokens", "max_sequence_length")
 
 
-def _check_frames(num_frames, info):
+def _check_frames(num_frames, info, name):
     if info.makes_images:
         if num_frames != 1:
-            raise UsageError(f"--num-frames {num_frames}: {info.name} makes one image (--num-frames 1)")
+            raise UsageError(f"{name('num_frames')} {num_frames}: {info.name} makes one image "
+                             f"({name('num_frames')} 1)", "num_frames")
         return
     t = info.vae_scale_temporal
     if num_frames < 1 or (num_frames - 1) % t:
-        raise UsageError(f"--num-frames {num_frames}: {info.name} needs {t}k+1 frames (1, {t + 1}, "
-                         f"{2 * t + 1}, ...): its VAE compresses time {t}x after the first frame")
+        raise UsageError(f"{name('num_frames')} {num_frames}: {info.name} needs {t}k+1 frames (1, {t + 1}, "
+                         f"{2 * t + 1}, ...): its VAE compresses time {t}x after the first frame", "num_frames")
 
 
 def _pick(value, default):
@@ -300,11 +342,12 @@ def _world(args, env):
     return world, local
 
 
-def _degrees(args, world, guidance_scale):
+def _degrees(args, world, guidance_scale, name=flag_name):
     """(ulysses, ring, cfg): the given ones checked, the missing ones filled in."""
     cfg = 2 if args.cfg_parallel else 1
     if cfg == 2 and not guidance_scale > 1:
-        raise UsageError(f"--cfg-parallel needs classifier-free guidance (--guidance-scale > 1, got {guidance_scale})")
+        raise UsageError(f"--cfg-parallel needs classifier-free guidance ({name('guidance_scale')} > 1, got "
+                         f"{guidance_scale})", "guidance_scale")
     for name in ("num_gpus", "ulysses_degree", "ring_degree"):
         value = getattr(args, name)
         if value is not None and value < 1:

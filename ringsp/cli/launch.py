@@ -74,20 +74,14 @@ def init_group(request, local_rank):
 def _spawn(request):
     with tempfile.TemporaryDirectory(prefix="ringsp-") as tmp:
         path = os.path.join(tmp, "rank0.pt")
-        run_ranks(_spawned_rank, (request, _free_port(), path), request.num_gpus)
+        run_ranks(_spawned_rank, (request, free_port(), path), request.num_gpus)
         return torch.load(path, weights_only=False)
 
 
 def _spawned_rank(local_rank, request, port, path):
     import torch.distributed as dist
 
-    n = request.num_gpus
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(n),
-                      LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(n))
-    if request.device == "cpu":  # the processes share the cores: oversubscribed OpenMP spins
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-    _thread_lock_for_tqdm()
-    init_group(request, local_rank)
+    join_spawned_group(local_rank, request, port)
     try:
         outcome = run_rank(request, distributed=True, keep_tensors=request.compare_single)
         if outcome is not None:
@@ -95,8 +89,25 @@ def _spawned_rank(local_rank, request, port, path):
         dist.barrier()  # no rank tears down while a peer still works
     finally:
         dist.destroy_process_group()
-    # Skip the interpreter's teardown: in CI a worker once aborted there ("terminate called
-    # without an active exception") after its work was done and saved; the result is on disk.
+    exit_spawned_rank()
+
+
+def join_spawned_group(local_rank, request, port):
+    """In a spawned rank: the environment torchrun would give it, its share of the CPU
+    threads, and the default process group on 127.0.0.1:port."""
+    n = request.num_gpus
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(n),
+                      LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(n))
+    if request.device == "cpu":  # the processes share the cores: oversubscribed OpenMP spins
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    _thread_lock_for_tqdm()
+    init_group(request, local_rank)
+
+
+def exit_spawned_rank():
+    """Ends a spawned rank whose work is done, skipping the interpreter's teardown: in CI a
+    worker once aborted there ("terminate called without an active exception") after its
+    work was done and saved."""
     import multiprocessing.util
 
     multiprocessing.util._exit_function()  # Python-level finalizers (semaphores of tqdm's locks)
@@ -115,7 +126,7 @@ def _thread_lock_for_tqdm():
     tqdm.set_lock(threading.RLock())
 
 
-def _free_port():
+def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

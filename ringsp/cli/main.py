@@ -4,6 +4,7 @@
     ringsp generate --model-path DIR --num-gpus 4 --ulysses-degree 2 --ring-degree 2
     ringsp generate --model-path QWEN_EDIT_DIR --image in.png --prompt "make it blue" --num-gpus 2
     torchrun --nproc-per-node 4 -m ringsp generate --model-path DIR --ring-degree 4
+    ringsp serve --model-path DIR --num-gpus 4 --port 8000   # HTTP server: ringsp.serve
 """
 import importlib.util
 import sys
@@ -13,24 +14,28 @@ from ringsp.models.pipelines import ModelDirError
 from .args import PROG, UsageError, build_parser, describe_request, parse_request, usage_exit
 from .supervise import LauncherStopped, WorkerFailure
 
-COMMANDS = ("generate",)
+COMMANDS = ("generate", "serve")
 
 
 def main(argv=None):
     """Entry point; returns the exit code (usage errors raise SystemExit(2) after one line)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
-        print("usage: ringsp generate [options]   (ringsp generate --help lists them)")
+        print("usage: ringsp generate [options]   (ringsp generate --help lists them)\n"
+              "       ringsp serve [options]      (ringsp serve --help lists them)")
         return 0
+    command = "generate"
     if argv and argv[0] in COMMANDS:
-        argv = argv[1:]
+        command, argv = argv[0], argv[1:]
     elif argv and not argv[0].startswith("-"):
-        usage_exit(f"unknown command {argv[0]!r}; the command is 'generate'")
+        usage_exit(f"unknown command {argv[0]!r}; the commands are 'generate' and 'serve'")
     missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
     if missing and not {"-h", "--help"} & set(argv):
         print(f"{PROG}: error: needs {' and '.join(missing)} (install ringsp with its 'models' extra)",
               file=sys.stderr)
         return 1
+    if command == "serve":
+        return _serve(argv)
     try:
         request = parse_request(argv)
     except UsageError as exc:
@@ -57,6 +62,17 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C: spawned ranks were stopped on the way out
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _serve(argv):
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"ringsp serve: error: needs {' and '.join(missing)} (install ringsp with its 'serve' extra)",
+              file=sys.stderr)
+        return 1
+    from ringsp.serve.main import main as serve_main
+
+    return serve_main(argv)
 
 
 __all__ = ["main", "build_parser"]

@@ -104,8 +104,8 @@ def run_ranks(fn, args, nprocs):
             raise
         finally:  # a failure, a signal, or KeyboardInterrupt in the launcher: no rank outlives it
             termination.disarm()  # a second signal must not cut the stopping short
-            stopped = _stop(procs)
-            failures = [_failure(i, p, context.error_files[i]) for i, p in enumerate(procs)
+            stopped = stop_processes(procs)
+            failures = [read_failure(i, p, context.error_files[i]) for i, p in enumerate(procs)
                         if i not in stopped and p.exitcode not in (None, 0)]
             _remove(context.error_files)
     finally:
@@ -159,7 +159,7 @@ def _wait(procs):
                 deadline = time.monotonic() + GRACE_S
 
 
-def _stop(procs):
+def stop_processes(procs):
     """SIGTERM to the processes still running, SIGKILL after STOP_S; returns their indices."""
     alive = [i for i, p in enumerate(procs) if p.is_alive()]
     for i in alive:
@@ -173,7 +173,7 @@ def _stop(procs):
     return alive
 
 
-def _failure(index, proc, error_file):
+def read_failure(index, proc, error_file):
     trace = None
     try:
         with open(error_file, "rb") as f:  # written by torch's wrapper when fn raised

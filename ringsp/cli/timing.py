@@ -39,9 +39,13 @@ class StageTimer:
             for ...: ...; timer.step_done()
     """
 
-    def __init__(self, sync=None, clock=time.perf_counter):
+    def __init__(self, sync=None, clock=time.perf_counter, listener=None):
         self._sync = sync or (lambda: None)
         self._clock = clock
+        # listener("stage", name) as a stage starts, listener("step", number) as step `number` (from 1)
+        # ends: ringsp serve's progress reports. Called after the sync and outside every step's time
+        # (a step-end call is inside the Denoising stage: it must be cheap, as a pipe send is).
+        self._listener = listener or (lambda kind, what: None)
         self.stages = {}
         self.steps = []
         self._last_mark = None
@@ -51,6 +55,7 @@ class StageTimer:
         if name in self.stages:
             raise ValueError(f"stage {name!r} was already timed")
         self._sync()
+        self._listener("stage", name)
         start = self._clock()
         self._last_mark = start
         try:
@@ -75,4 +80,5 @@ class StageTimer:
         self._sync()
         now = self._clock()
         self.steps.append(now - self._last_mark)
-        self._last_mark = now
+        self._listener("step", len(self.steps))
+        self._last_mark = self._clock()

@@ -1,9 +1,12 @@
-"""One rank of a `ringsp generate` run: load the pipeline, put it under sequence parallelism,
-generate with stage timings, gather the memory peaks; rank 0 writes the video or image (or,
-if that fails, keeps the frames as .npy: ringsp.cli.output) and returns the report.
+"""One rank of `ringsp generate` and `ringsp serve`: an Engine loads the pipeline once, puts
+it under sequence parallelism (and compiles it), then runs generations with stage timings
+and gathers the memory peaks; rank 0 writes the video or image (or, if that fails, keeps
+the frames as .npy: ringsp.cli.output) and returns the report.
 
-    outcome = run_rank(request, distributed=True)   # in an initialised process group
-    outcome = run_rank(request, distributed=False)  # one process, plain diffusers transformer
+    engine = Engine(config, distributed=True)         # in an initialised process group
+    outcome = engine.run(request)                     # as often as wanted (ringsp serve)
+    outcome = run_rank(request, distributed=True)     # ringsp generate: one engine, one run
+    outcome = run_rank(request, distributed=False)    # one process, plain diffusers transformer
 
 All ranks first check that they were given the same request (torchrun starts each rank
 with its own argv), so ranks that disagree fail together instead of hanging.
@@ -61,56 +64,94 @@ def rank_device(request):
     return devices.rank_device(request.device, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+# What an engine is built for: a request to run() may differ from the engine's in anything else
+# (prompt, sizes, steps, seed, image, output) but not in these.
+ENGINE_FIELDS = ("model_name", "model_path", "model_label", "full_text_encoder", "num_gpus", "ulysses_degree",
+                 "ring_degree", "cfg_degree", "device", "dtype", "vae_dtype", "compile_mode", "cuda_graphs",
+                 "attention_precision", "timeout_s", "under_torchrun")
+
+
 def run_rank(request, *, distributed, quiet=False, keep_tensors=False):
     """Runs the request on this rank; returns a RankOutcome on rank 0 and None elsewhere.
     quiet: no progress bar, no output file (the reference run of --compare-single).
     keep_tensors: return the final latents and frames too (for comparisons)."""
-    import torch.distributed as dist
+    engine = Engine(request, distributed=distributed)
+    return engine.run(request, write_output=not quiet, progress=not quiet, keep_tensors=keep_tensors)
 
-    quiet_libraries()
-    rank = dist.get_rank() if distributed else 0
-    device = rank_device(request)
-    ctx = _parallel_context(request) if distributed else None
-    start = time.perf_counter()
-    pipe, notes = load_pipeline_for(request, device)
-    if distributed and request.model_path is None and device.type != "cpu":
-        _broadcast_weights(pipe)
-    if ctx is not None and (ctx.sp_degree > 1 or request.attention_precision):
-        from ringsp.models import enable_sequence_parallel
 
-        enable_sequence_parallel(pipe, ctx, attention_precision=request.attention_precision)
-    sp_transformer = _sp_enabled(pipe)
-    sync = make_sync(device, None, distributed)
-    sync()
-    load_s = time.perf_counter() - start
-    compiled = _compile(pipe, request, ctx, sync) if request.compile_mode else None
-    if request.warmup_steps:
-        with _together(request, distributed):
-            generate(pipe, dataclasses.replace(request.params(), steps=request.warmup_steps), ctx)
-    reset_peak(device)
-    timer = StageTimer(sync)
-    with _together(request, distributed):  # denoising and decoding: a rank that raises ends every rank
-        result = generate(pipe, request.params(), ctx, timer, progress=rank == 0 and not quiet)
-    memory = _gather(peak_memory(device, rank), distributed)
-    if rank != 0:
-        return None
-    save_s, output = 0.0, None
-    if request.output and not quiet:
+class Engine:
+    """One rank's pipeline, loaded once and run many times. `config` (a GenerateRequest) says
+    the model, dtypes, parallel layout and compile options; building the engine joins the
+    parallel context (all ranks agree on `config`), loads the pipeline, enables sequence
+    parallelism and, with config.compile_mode, compiles and warms it up."""
+
+    def __init__(self, config, *, distributed):
+        import torch.distributed as dist
+
+        quiet_libraries()
+        self.config, self.distributed = config, distributed
+        self.rank = dist.get_rank() if distributed else 0
+        self.device = rank_device(config)
+        self.ctx = _parallel_context(config) if distributed else None
         start = time.perf_counter()
-        output = save_output(request.output, result.frames, request.media, request.fps)  # never raises: frames kept
-        save_s = time.perf_counter() - start
-    report = build_report(timer.stages, timer.steps, memory, **_meta(request, device, notes + result.notes,
-                                                                      load_s, save_s, distributed, sp_transformer))
-    if output is not None:
-        report["output"] = output
-    nonfinite = find_nonfinite(result.latents, result.frames)
-    if nonfinite:
-        report["nonfinite"] = nonfinite
-    if compiled is not None:
-        report["compile"] = compiled
-    if not keep_tensors:
-        return RankOutcome(report)
-    return RankOutcome(report, latents=result.latents.float().cpu(), frames=result.frames)
+        self.pipe, self.notes = load_pipeline_for(config, self.device)
+        if distributed and config.model_path is None and self.device.type != "cpu":
+            _broadcast_weights(self.pipe)
+        if self.ctx is not None and (self.ctx.sp_degree > 1 or config.attention_precision):
+            from ringsp.models import enable_sequence_parallel
+
+            enable_sequence_parallel(self.pipe, self.ctx, attention_precision=config.attention_precision)
+        self.sp_transformer = _sp_enabled(self.pipe)
+        self.sync = make_sync(self.device, None, distributed)
+        self.sync()
+        self.load_s = time.perf_counter() - start
+        self.compiled = _compile(self.pipe, config, self.ctx, self.sync) if config.compile_mode else None
+
+    def warm_up(self, request, steps):
+        """An untimed generation of `request` with `steps` steps (fills autotune and cuDNN caches)."""
+        self._check_fits(request)
+        with _together(request, self.distributed):
+            generate(self.pipe, dataclasses.replace(request.params(), steps=steps), self.ctx)
+
+    def run(self, request, *, write_output=True, progress=True, keep_tensors=False, listener=None):
+        """One timed generation on every rank; a RankOutcome on rank 0, None elsewhere.
+        write_output: rank 0 writes request.output (if set). progress: rank 0's progress bar.
+        listener: StageTimer's listener (stage starts, step ends). A rank that raises inside
+        the generation makes every rank raise (ringsp.fail_together)."""
+        self._check_fits(request)
+        if request.warmup_steps:
+            self.warm_up(request, request.warmup_steps)
+        reset_peak(self.device)
+        timer = StageTimer(self.sync, listener=listener)
+        with _together(request, self.distributed):  # denoising and decoding: a rank that raises ends every rank
+            result = generate(self.pipe, request.params(), self.ctx, timer, progress=progress and self.rank == 0)
+        memory = _gather(peak_memory(self.device, self.rank), self.distributed)
+        if self.rank != 0:
+            return None
+        save_s, output = 0.0, None
+        if request.output and write_output:
+            start = time.perf_counter()
+            output = save_output(request.output, result.frames, request.media, request.fps)  # never raises
+            save_s = time.perf_counter() - start
+        meta = _meta(request, self.device, self.notes + result.notes, self.load_s, save_s, self.distributed,
+                     self.sp_transformer)
+        report = build_report(timer.stages, timer.steps, memory, **meta)
+        if output is not None:
+            report["output"] = output
+        nonfinite = find_nonfinite(result.latents, result.frames)
+        if nonfinite:
+            report["nonfinite"] = nonfinite
+        if self.compiled is not None:
+            report["compile"] = self.compiled
+        if not keep_tensors:
+            return RankOutcome(report)
+        return RankOutcome(report, latents=result.latents.float().cpu(), frames=result.frames)
+
+    def _check_fits(self, request):
+        differ = [f for f in ENGINE_FIELDS if getattr(request, f) != getattr(self.config, f)]
+        if differ:
+            raise ValueError(f"the request differs from the engine's in {', '.join(differ)}: those are fixed when "
+                             "the engine is built")
 
 
 def _compile(pipe, request, ctx, sync):

@@ -331,3 +331,17 @@ def test_a_ti2v_model_dir_gets_24_fps(tiny_model_dir, tmp_path):
     (ti2v / "model_index.json").write_text(json.dumps(index))
     assert parse_request(["--model-path", str(ti2v), "--device", "cpu", "--no-output"], env={}).fps == 24
     assert parse_request(["--model-path", tiny_model_dir, "--device", "cpu", "--no-output"], env={}).fps == 16
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--num-frames", "8"], "num_frames"), (["--height", "40"], "height"), (["--steps", "0"], "steps"),
+    (["--guidance-scale", "-1"], "guidance_scale"), (["--seed", "-3"], "seed"),
+])
+def test_checks_name_the_field_as_their_caller_calls_it(argv, field):
+    from ringsp.cli.args import build_parser, model_of, request_from_args
+
+    args = build_parser().parse_args(TINY + argv)
+    with pytest.raises(UsageError) as info:
+        request_from_args(args, model_of(args), {}, name=lambda f: f"<{f}>")
+    assert info.value.field == field
+    assert f"<{field}>" in str(info.value) and "--" not in str(info.value)

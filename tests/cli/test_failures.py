@@ -109,7 +109,7 @@ def _supervised(tmp_path, fault, timeout_s=60):
                              "--timeout", str(timeout_s)], env={})
     assert request.timeout_s == timeout_s
     with pytest.raises(WorkerFailure) as info:
-        run_ranks(_all_reducing_rank, (request, launch._free_port(), fault, tmp_path), 2)
+        run_ranks(_all_reducing_rank, (request, launch.free_port(), fault, tmp_path), 2)
     for rank in (0, 1):  # the default group and every group of the mesh (new ring / cfg groups) got --timeout
         assert json.loads((tmp_path / f"{rank}.timeouts").read_text()) == [timeout_s] * 5
     return info.value

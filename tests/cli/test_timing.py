@@ -49,3 +49,19 @@ def test_a_failing_stage_still_records_its_time_without_waiting_for_peers():
     assert "InputValidation" in timer.stages
     assert len(syncs) == 1  # only on entry: a barrier after an error would wait for dead or stuck peers
     assert STAGES[0] == "InputValidation" and STAGES[-1] == "Decoding"
+
+
+def test_listener_hears_stage_starts_and_step_ends_outside_the_times():
+    clock, heard = FakeClock(), []
+
+    def listener(kind, what):
+        heard.append((kind, what))
+        clock.now += 100.0  # a slow listener: none of it may land in a stage or a step
+
+    timer = StageTimer(clock=clock, listener=listener)
+    with timer.stage("Denoising"):
+        for dt in (1.0, 2.0):
+            clock.now += dt
+            timer.step_done()
+    assert heard == [("stage", "Denoising"), ("step", 1), ("step", 2)]
+    assert timer.steps == [1.0, 2.0]

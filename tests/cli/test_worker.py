@@ -158,3 +158,38 @@ def test_ranks_with_different_input_images_fail_together(qwen_edit_model_dir, in
     messages = run_distributed(2, _different_images, qwen_edit_model_dir, [input_image, other], timeout=120)
     for msg in messages:
         assert msg is not None and "different arguments" in msg and "image_digest" in msg, messages
+
+
+# ------------------------------------------------------------------------------ Engine
+
+
+def _engine_runs(model_dir):
+    """One engine, two different requests, then a fresh run_rank of the second one."""
+    import dataclasses
+
+    from ringsp.cli.worker import Engine
+
+    first = _request(model_dir, (48, 80, 9), 1, 2, 1)
+    second = dataclasses.replace(_request(model_dir, (64, 80, 5), 1, 2, 1), seed=9, prompt="a red kite")
+    engine = Engine(first, distributed=True)
+    outcomes = [engine.run(r, write_output=False, progress=False, keep_tensors=True) for r in (first, second)]
+    try:
+        engine.run(dataclasses.replace(second, ulysses_degree=2, ring_degree=1))
+        refused = None
+    except ValueError as exc:
+        refused = str(exc)
+    fresh = run_rank(second, distributed=True, quiet=True, keep_tensors=True)
+    if outcomes[0] is None:
+        return None
+    return [(o.latents, o.frames, o.report) for o in outcomes + [fresh]], refused
+
+
+def test_one_engine_runs_many_requests_as_fresh_runs_do(tiny_model_dir):
+    results = run_distributed(2, _engine_runs, tiny_model_dir, timeout=300)
+    assert results[1] is None
+    (first, second, fresh), refused = results[0]
+    assert first[1].shape == (9, 48, 80, 3) and second[1].shape == (5, 64, 80, 3)
+    assert torch.equal(second[0], fresh[0]) and torch.equal(second[1], fresh[1])  # no state left by the first
+    assert second[2]["request"]["seed"] == 9 and check_report(second[2]) == []
+    assert second[2]["load_s"] == first[2]["load_s"]  # loaded once
+    assert "ulysses_degree, ring_degree" in refused and "fixed when the engine is built" in refused
