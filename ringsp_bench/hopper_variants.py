@@ -120,6 +120,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--dims", default="128,64", help="head dims to run")
     p.add_argument("--reps", type=int, default=60, help="do_bench window per candidate, ms")
     p.add_argument("--timeout", type=float, default=120, help="seconds per variant and head dim")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -127,8 +128,11 @@ def main():
     if args.worker:
         return worker(args.worker[0], int(args.worker[1]), args.reps)
     report = {"meta": versions(), "results": []}
+    if args.json and os.path.exists(args.json):  # runs over other variants or dims add up
+        with open(args.json) as f:
+            report["results"] = json.load(f).get("results", [])
     for name in args.variants.split(","):
-        for D in sorted({s[3] for s in SHAPES}, reverse=True):
+        for D in (int(d) for d in args.dims.split(",")):
             cmd = [sys.executable, "-m", "ringsp_bench.hopper_variants", "--worker", name, str(D), "--reps", str(args.reps)]
             t0 = datetime.datetime.now()
             try:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One sm90 GPU, one call: the hopper path's variants (check + time; the fastest correct one per
+# head dim becomes this run's default), the GPU kernel tests, then ringsp_bench.attn_kernels and
+# ringsp_bench.ring_rank with the hopper rows; measured dispatch choices land in OUT/cache.
+# Usage (repo root): bash bench/device/hopper.sh OUTDIR
+set -uo pipefail
+out=${1:?usage: bash bench/device/hopper.sh OUTDIR}
+mkdir -p "$out/cache"
+export PYTHONUNBUFFERED=1 RINGSP_ERR_LOG="$out/errors.jsonl" RINGSP_CACHE_DIR="$out/cache" TRITON_CACHE_DIR=/tmp/tcache
+log="$out/log.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
+timeout 150 python3 setup.py -q build_ext --inplace > /tmp/build.txt 2>&1 || tail -5 /tmp/build.txt | tee -a "$log"
+v="$out/hopper_variants.json"
+timeout 130 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 128 --reps 40 --timeout 60 \
+  --variants persistent+tma_state,items+pointer_state,persistent+pointer_state 2>&1 | tee -a "$log"
+timeout 60 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 64 --reps 40 --timeout 50 \
+  --variants persistent+tma_state,items+pointer_state 2>&1 | tee -a "$log"
+python3 - "$v" <<'PY' 2>&1 | tee -a "$log"
+# this run's default: the fastest correct variant per head dim
+import json, re, sys
+from ringsp_bench.hopper_variants import VARIANTS
+best = json.load(open(sys.argv[1])).get("best", {})
+path = "ringsp_kernels/cuda/hopper.py"
+src = open(path).read()
+fields = {int(d): VARIANTS[name] for d, name in best.items()}
+line = "DEFAULT = {" + ", ".join(f"{d}: Config({', '.join(f'{k}={v!r}' for k, v in f.items())})"
+                                 for d, f in sorted(fields.items(), reverse=True)) + "}"
+if fields:
+    src = re.sub(r"^DEFAULT = \{.*\}$", line, src, flags=re.M)
+    open(path, "w").write(src)
+print("default for this run:", line if fields else "unchanged")
+PY
+echo "### tests/kernels/test_hopper_gpu.py" | tee -a "$log"
+timeout 120 python3 -m pytest tests/kernels/test_hopper_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
+timeout 110 python3 -m ringsp_bench.attn_kernels --reps 30 --rounds 2 --json "$out/kernels.json" 2>&1 | tee -a "$log"
+for t in tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py; do
+  echo "### $t" | tee -a "$log"
+  timeout 120 python3 -m pytest "$t" -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
+done
+python3 -m ringsp_bench.worst_errors "$RINGSP_ERR_LOG" 2>&1 | tail -12 | tee -a "$log"
+timeout 90 python3 -m ringsp_bench.ring_rank --reps 30 --json "$out/ring_rank.json" 2>&1 | tail -40 | tee -a "$log"
