@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One sm90 GPU, one call: the hopper path's variants (check + time; the fastest correct one per
+# One sm90 GPU, one call (~6 min): the hopper path's variants (check + time; the fastest correct one per
 # head dim becomes this run's default), the GPU kernel tests, then ringsp_bench.attn_kernels and
 # ringsp_bench.ring_rank with the hopper rows; measured dispatch choices land in OUT/cache.
 # Usage (repo root): bash bench/device/hopper.sh OUTDIR
@@ -11,9 +11,7 @@ log="$out/log.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 timeout 150 python3 setup.py -q build_ext --inplace > /tmp/build.txt 2>&1 || tail -5 /tmp/build.txt | tee -a "$log"
 v="$out/hopper_variants.json"
-timeout 130 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 128 --reps 40 --timeout 60 \
-  --variants persistent+tma_state,items+pointer_state,persistent+pointer_state 2>&1 | tee -a "$log"
-timeout 60 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 64 --reps 40 --timeout 50 \
+timeout 80 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 128 --reps 30 --timeout 40 \
   --variants persistent+tma_state,items+pointer_state 2>&1 | tee -a "$log"
 python3 - "$v" <<'PY' 2>&1 | tee -a "$log"
 # this run's default: the fastest correct variant per head dim
@@ -31,11 +29,10 @@ if fields:
 print("default for this run:", line if fields else "unchanged")
 PY
 echo "### tests/kernels/test_hopper_gpu.py" | tee -a "$log"
-timeout 120 python3 -m pytest tests/kernels/test_hopper_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
-timeout 110 python3 -m ringsp_bench.attn_kernels --reps 30 --rounds 2 --json "$out/kernels.json" 2>&1 | tee -a "$log"
-for t in tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py; do
-  echo "### $t" | tee -a "$log"
-  timeout 120 python3 -m pytest "$t" -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
-done
+timeout 90 python3 -m pytest tests/kernels/test_hopper_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
+timeout 100 python3 -m ringsp_bench.attn_kernels --reps 25 --rounds 1 --json "$out/kernels.json" 2>&1 | tee -a "$log"
+echo "### tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py" | tee -a "$log"
+timeout 100 python3 -m pytest tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py -q -p no:cacheprovider -rfE \
+  2>&1 | tail -12 | tee -a "$log"
 python3 -m ringsp_bench.worst_errors "$RINGSP_ERR_LOG" 2>&1 | tail -12 | tee -a "$log"
 timeout 90 python3 -m ringsp_bench.ring_rank --reps 30 --json "$out/ring_rank.json" 2>&1 | tail -40 | tee -a "$log"
