@@ -5,11 +5,11 @@ same process, bf16, B=1, on the kernel benchmark's shapes.
     python -m ringsp_bench.hopper_variants [--json OUT.json] [--variants default,items,...]
 
 Each variant runs in a process of its own (a kernel that hangs costs one timeout, not the run).
-Variants: ringsp_kernels.cuda.hopper.Config fields; `best` in the JSON names the fastest correct
-variant per head dim by the sum of its fwd and chain times.
+Variants: the library kernel's tile configs (ringsp_kernels.cuda.hopper.Config) and the persistent
+candidate of ringsp_bench.hopper_persistent; `best` in the JSON names the fastest correct variant
+per head dim by the sum of its fwd and chain times.
 """
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -20,13 +20,26 @@ import torch
 
 from .attn_kernels import flops, versions
 
-VARIANTS = {  # name -> Config fields
-    "persistent+tma_state": dict(persistent=True, state_tma=True),
-    "items+pointer_state": dict(persistent=False, state_tma=False),
-    "persistent+pointer_state": dict(persistent=True, state_tma=False),
-    "items+tma_state": dict(persistent=False, state_tma=True),
-    "persistent+pointer_state+3stages": dict(persistent=True, state_tma=False, stages=3),
+VARIANTS = {  # name -> ("library", Config fields) or ("persistent", candidate launch options)
+    "library": ("library", {}),
+    "library+3stages": ("library", dict(stages=3)),
+    "persistent+tma_state": ("persistent", dict(persistent=True, state_tma=True)),
+    "persistent+pointer_state": ("persistent", dict(persistent=True, state_tma=False)),
+    "items+tma_state": ("persistent", dict(persistent=False, state_tma=True)),
 }
+
+
+def launcher(name):
+    """launch(q, k, v, acc, lse, scale, kv_len, has_state) of a variant."""
+    kind, fields = VARIANTS[name]
+    if kind == "library":
+        from ringsp_kernels.cuda import hopper
+
+        config = hopper.Config(**fields)
+        return lambda *a: hopper.launch(*a, config)
+    from . import hopper_persistent
+
+    return lambda *a: hopper_persistent.launch(*a, **fields)
 SHAPES = [("wan1.3b-480p", 32760, 12, 128), ("qwen-1328", 7146, 24, 128), ("wan-720p-h5", 75600, 5, 128),
           ("d64", 16380, 24, 64)]
 CHECKS = [  # B, Sq, Sk, kv_len, H: uneven, padded (NaN), two batches, shorter than a tile
@@ -39,10 +52,8 @@ def _reference(q, k, v, kv_len):
     return (torch.softmax(s, -1) @ vd).transpose(1, 2), torch.logsumexp(s, -1)
 
 
-def check(config, D):
+def check(launch, D):
     """Worst |out - ref| and |lse - ref| of a forward and of a resumed two-step chain."""
-    from ringsp_kernels.cuda import hopper
-
     g = torch.Generator(device="cuda").manual_seed(D)
     worst = [0.0, 0.0]
     for B, Sq, Sk, n, H in CHECKS:
@@ -51,22 +62,22 @@ def check(config, D):
         ref, ref_lse = _reference(q, k, v, n)
         out = torch.full_like(q, float("nan"))
         lse = torch.full((B, H, Sq), float("nan"), device="cuda")
-        hopper.launch(q, k, v, out, lse, D ** -0.5, n, False, config)
+        launch(q, k, v, out, lse, D ** -0.5, n, False)
         acc = torch.zeros(B, Sq, H, D, device="cuda")
         st = torch.full((B, H, Sq), float("-inf"), device="cuda")
         cut = n // 2 + 1
-        hopper.launch(q, k[:, cut:], v[:, cut:], acc, st, D ** -0.5, n - cut, True, config)
-        hopper.launch(q, k, v, acc, st, D ** -0.5, cut, True, config)
+        launch(q, k[:, cut:], v[:, cut:], acc, st, D ** -0.5, n - cut, True)
+        launch(q, k, v, acc, st, D ** -0.5, cut, True)
         for o, l in ((out, lse), (acc, st)):
             worst[0] = max(worst[0], (o.double() - ref).abs().max().item())
             worst[1] = max(worst[1], (l.double() - ref_lse).abs().max().item())
     return worst
 
 
-def time_shapes(config, D, reps):
+def time_shapes(launch, D, reps):
     import triton
 
-    from ringsp_kernels.cuda import cudnn, hopper
+    from ringsp_kernels.cuda import cudnn
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=reps, return_mode="median")  # noqa: E731
     out = {}
@@ -81,11 +92,11 @@ def time_shapes(config, D, reps):
             acc = torch.zeros(1, S, H, D, device="cuda")
             lse = torch.full((1, H, S), float("-inf"), device="cuda")
             for a, b in blocks:
-                hopper.launch(q, k[:, a:b], v[:, a:b], acc, lse, D ** -0.5, b - a, True, config)
+                launch(q, k[:, a:b], v[:, a:b], acc, lse, D ** -0.5, b - a, True)
 
         out_buf, lse_buf = torch.empty_like(q), torch.empty(1, H, S, device="cuda")
         fns = {"cudnn": lambda: cudnn.cudnn_attn(q, k, v, D ** -0.5, S),
-               "fwd": lambda: hopper.launch(q, k, v, out_buf, lse_buf, D ** -0.5, S, False, config),
+               "fwd": lambda: launch(q, k, v, out_buf, lse_buf, D ** -0.5, S, False),
                "chain4": chain}
         ms = {n: min(bench(f) for _ in range(2)) for n, f in fns.items()}
         out[name] = {"ms": ms, "tflops": {n: flops(1, H, S, S, D) / t / 1e9 for n, t in ms.items()},
@@ -94,14 +105,12 @@ def time_shapes(config, D, reps):
 
 
 def worker(name, D, reps):
-    from ringsp_kernels.cuda import hopper
-
-    config = dataclasses.replace(hopper.Config(), **VARIANTS[name])
-    rec = {"variant": name, "D": D, "config": dataclasses.asdict(config)}
-    rec["max_abs_err"], rec["max_lse_err"] = check(config, D)
+    launch = launcher(name)
+    rec = {"variant": name, "D": D, "options": VARIANTS[name]}
+    rec["max_abs_err"], rec["max_lse_err"] = check(launch, D)
     rec["ok"] = rec["max_abs_err"] < 2e-2 and rec["max_lse_err"] < 1e-4  # bf16: ~1e-3 measured
     if rec["ok"]:
-        rec["shapes"] = time_shapes(config, D, reps)
+        rec["shapes"] = time_shapes(launch, D, reps)
     print("RESULT " + json.dumps(rec), flush=True)
 
 

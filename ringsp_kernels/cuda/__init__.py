@@ -1,5 +1,5 @@
 """The CUDA wing of the ops: Triton kernels (triton_attn, triton_merge, triton_fp8), their
-launcher (fast_launch), the other attention paths (cudnn, fa4, gathered in paths), the plan
+launcher (fast_launch), the other attention paths (hopper, cudnn, fa4, gathered in paths), the plan
 per shape and the measurement that fills the dispatch tables (ops, timing, tune), and the
 8-bit ops (q8).
 

@@ -4,19 +4,18 @@ sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
     usable(q)                                   sm90, fp16/bf16, head dim 64 or 128, Gluon present
     attn_fwd(q, k, v, scale, kv_len)            -> (out in q's dtype, lse float32 [B, H, Sq])
     attn_step_(q, k, v, acc, lse, scale, kv_len)   one ring step into the state, in place
-    launch(..., config=Config(...))             a chosen variant (benchmarks, tests)
+    launch(..., config=Config(...))             another tile shape (benchmarks, tests)
 
-Host cost: tensor descriptors are built per call (TMA needs the base addresses), the compiled
-kernel is launched directly through fast_launch.CachedKernel, keyed on everything the compile
-depends on (the kernel specialises on no integer argument).
+Host path: tensor descriptors are built per call (TMA needs the base addresses) and the kernel
+goes through Triton's JIT launch, the way it was checked and timed on the GPU; a cached direct
+launch, as the Triton kernel has (fast_launch.py), is not done for this kernel yet.
 """
-import functools
 from dataclasses import dataclass
 
 import torch
 
 from .. import caches
-from .fast_launch import INTERPRET, CachedKernel
+from .fast_launch import INTERPRET
 from .triton_attn import capability
 
 LOG2E = 1.4426950408889634
@@ -26,14 +25,18 @@ MAXNREG = 168  # 3 warpgroups: consumers 240 registers each, producer 24 (see ri
 
 @dataclass(frozen=True)
 class Config:
-    block_m: int = 128      # query rows per program (two consumer warpgroups of block_m // 2)
-    block_n: int = 128      # keys per K/V tile
-    stages: int = 2         # K/V tiles in flight
-    persistent: bool = True  # one program per SM walking the work items, else one per item
-    state_tma: bool = True  # the float32 state read by TMA (needs 64 KB of shared memory)
+    block_m: int = 128  # query rows per program (two consumer warpgroups of block_m // 2)
+    block_n: int = 128  # keys per K/V tile
+    stages: int = 2     # K/V tiles in flight
 
 
-# the default per head dim; every field's alternatives were measured (bench/RESULTS.md)
+# Whether the automatic dispatch may measure and choose this path. Off until its GPU tests
+# (tests/kernels/test_hopper_gpu.py, test_ops_gpu.py's hopper cases) have passed with this host
+# wrapper: the kernel's source compiles to the PTX of the revision checked on an H100, but this
+# wrapper has not run on a GPU. RINGSP_CUDA_ATTN=hopper runs it regardless.
+AUTO = False
+
+# 2 and 3 stages ran level on an H100 (bench/results/hopper_dev_h100.json); 2 needs less shared memory
 DEFAULT = {128: Config(), 64: Config()}
 
 try:  # Gluon ships with Triton >= 3.5; without it (or its Hopper dialect) the path is not usable
@@ -48,10 +51,8 @@ else:
     _WHY = None
     _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 
-_KERNEL = CachedKernel(ring_step_kernel) if ring_step_kernel is not None else None
-_SMS = {}  # device index -> multiprocessor count
 _LAYOUTS = {}  # (dtype, block shape) -> NVMMASharedLayout
-caches.register("hopper path", lambda: (_SMS.clear(), _LAYOUTS.clear()))
+caches.register("hopper path layouts", _LAYOUTS.clear)
 
 
 def why_unavailable():
@@ -60,7 +61,7 @@ def why_unavailable():
 
 def usable(q):
     """Whether this process can run q's shape class on the hopper path."""
-    return (_KERNEL is not None and not INTERPRET and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    return (ring_step_kernel is not None and not INTERPRET and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and q.shape[3] in HEAD_DIMS and capability(q.get_device()) == (9, 0))
 
 
@@ -89,13 +90,6 @@ def _layout(dtype, block):
     return lay
 
 
-def _sms(dev):
-    n = _SMS.get(dev)
-    if n is None:
-        n = _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    return n
-
-
 def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
     """Runs the kernel into `acc` (float32 state when has_state, else the output in q's dtype)
     and `lse`; copies q/k/v whose layout TMA cannot read."""
@@ -104,34 +98,18 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
     q = q if rows_ok(q) else q.contiguous()
     k = k if keys_ok(k) else k.contiguous()
     v = v if keys_ok(v) else v.contiguous()
-    state_tma = has_state and c.state_tma and rows_ok(acc)
     rows = c.block_m // 2
     qd = TensorDescriptor(q, [B * Sq, H * D], [q.stride(1), 1], [rows, D], _layout(q.dtype, (rows, D)))
     kv_lay = _layout(k.dtype, (1, c.block_n, D))
     kd = TensorDescriptor(k, [B, kv_len, H * D], [k.stride(0), k.stride(1), 1], [1, c.block_n, D], kv_lay)
     vd = TensorDescriptor(v, [B, kv_len, H * D], [v.stride(0), v.stride(1), 1], [1, c.block_n, D], kv_lay)
-    sd = None
-    if state_tma:
-        sd = TensorDescriptor(acc, [B * Sq, H * D], [acc.stride(1), 1], [rows, D], _layout(torch.float32, (rows, D)))
-    dev = q.get_device()
-    n_m = -(-Sq // c.block_m)
-    n_items = n_m * B * H
-    grid = (min(n_items, _sms(dev)) if c.persistent else n_items, 1, 1)
     sa, sl = acc.stride(), lse.stride()
-    args = (qd, kd, vd, sd, acc, acc, lse, scale * LOG2E, kv_len, Sq, H, n_m, n_items,
-            sa[0], sa[1], sa[2], sl[0], sl[1], sl[2])
-    align = (acc.data_ptr() % 16 == 0, lse.data_ptr() % 16 == 0)
-    key = (dev, q.dtype, acc.dtype, has_state, state_tma, c, D, align)
-    if dev != torch.cuda.current_device():  # Triton launches on the current device
-        with torch.cuda.device(dev):
-            _KERNEL.launch(key, grid, args, functools.partial(_constexprs, D, has_state, state_tma, c))
-        return
-    _KERNEL.launch(key, grid, args, functools.partial(_constexprs, D, has_state, state_tma, c))
-
-
-def _constexprs(D, has_state, state_tma, c):
-    return (dict(HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages, HAS_STATE=has_state,
-                 STATE_TMA=state_tma), dict(num_warps=4, maxnreg=MAXNREG))
+    grid = (-(-Sq // c.block_m), B * H)
+    with torch.cuda.device(q.device):  # Triton launches on the current device
+        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, scale * LOG2E, kv_len, Sq, H,
+                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2],
+                               HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
+                               HAS_STATE=has_state, num_warps=4, maxnreg=MAXNREG)
 
 
 def attn_fwd(q, k, v, scale, kv_len):

@@ -8,7 +8,7 @@ from its tables, measuring a class no table knows once (local mode only; see dis
 for the rank-consistent mode). Each exact shape's plan (path + Triton config) is then kept
 here, so a call costs one dict lookup before its launch.
 
-RINGSP_CUDA_ATTN=triton|cudnn|fa4 forces a path (auto by default; ringsp_kernels.settings
+RINGSP_CUDA_ATTN=triton|cudnn|fa4|hopper forces a path (auto by default; ringsp_kernels.settings
 reads it once) -- set_forced() / forced() change it later. A forced path never triggers a
 measurement.
 """
@@ -81,9 +81,10 @@ def device_name(index):
     return name
 
 
-def usable_paths(q):
-    """The paths that can run this query's shape class in this process."""
-    return {"triton"} | {name for name, path in VENDOR.items() if path.usable(q)}
+def usable_paths(q, forced=False):
+    """The paths that can run this query's shape class in this process (for the automatic
+    choice only those a measurement may choose, see paths.Path.auto)."""
+    return {"triton"} | {name for name, path in VENDOR.items() if (forced or path.auto) and path.usable(q)}
 
 
 def _plan(q, k, v, scale, kv_len, op):
@@ -125,8 +126,10 @@ def _make_plan(q, k, v, scale, kv_len, op):
     if forced == "auto" and not capturing:  # no timing inside a CUDA graph capture
         measure = functools.partial(_measure, q, k, v, scale, kv_len, op, key)
     entry = dispatch.resolve(key, versions(), measure)
-    usable = usable_paths(q)
-    path = dispatch.choose(entry, usable) if forced == "auto" else (forced if forced in usable else "triton")
+    if forced == "auto":
+        path = dispatch.choose(entry, usable_paths(q))
+    else:
+        path = forced if forced in usable_paths(q, forced=True) else "triton"
     return (path, tuple(entry["config"])), not capturing
 
 

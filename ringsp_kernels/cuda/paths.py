@@ -20,6 +20,7 @@ class Path:
     usable: Callable   # q -> whether this process can run q's shape class on this path
     fwd: Callable      # (q, k, v, scale, kv_len) -> (out [B, Sq, H, D], lse float32 [B, H, Sq])
     step: Callable | None = None  # (q, k, v, acc, lse, scale, kv_len) in place; None: fwd + merge
+    auto: bool = True  # a candidate of the automatic choice (else it runs only when forced)
 
 
 def _fa4_fwd(q, k, v, scale, kv_len):
@@ -31,7 +32,7 @@ def _fa4_usable(q):
 
 
 VENDOR = {
-    "hopper": Path("hopper", hopper.usable, hopper.attn_fwd, hopper.attn_step_),
+    "hopper": Path("hopper", hopper.usable, hopper.attn_fwd, hopper.attn_step_, auto=hopper.AUTO),
     "cudnn": Path("cudnn", cudnn_ok, cudnn_attn),
     "fa4": Path("fa4", _fa4_usable, _fa4_fwd),
 }

@@ -1,43 +1,61 @@
-"""Compiles ringsp's Gluon Hopper kernel for sm90 ahead of time, on any machine (no GPU):
-python -m tests.kernels.hopper_aot D BLOCK_N STAGES HAS_STATE STATE_TMA prints what the kernel
-holds (wgmma, TMA, register reallocation) and its shared memory as one JSON line."""
+"""Compiles a Gluon Hopper kernel of ringsp for sm90 ahead of time, on any machine (no GPU):
+
+    python -m tests.kernels.hopper_aot library D BLOCK_N STAGES HAS_STATE
+    python -m tests.kernels.hopper_aot persistent D BLOCK_N STAGES HAS_STATE STATE_TMA
+
+prints what the kernel holds (wgmma, TMA, register reallocation) and its shared memory as one
+JSON line. (Triton compiles for a target it is given; only running needs the GPU.)"""
 import json
 import sys
 
 from ringsp_kernels.cuda import hopper
 
 
-def _compile(D, block_n, stages, has_state, state_tma, dtype="bf16"):
+def _desc(dt, gdtype, block):
+    from triton.experimental.gluon import language as gl
+
+    return f"tensordesc<{dt}[{', '.join(map(str, block))}],{gl.NVMMASharedLayout.get_default_for(block, gdtype)!r}>"
+
+
+def compile_kernel(kernel, D, block_n, stages, has_state, state_tma=None, dtype="bf16"):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from ringsp_kernels.cuda.hopper_step import ring_step_kernel
-
-    rows, gdt = 64, {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
-
-    def desc(dt, gdtype, block):
-        return f"tensordesc<{dt}[{', '.join(map(str, block))}],{gl.NVMMASharedLayout.get_default_for(block, gdtype)!r}>"
-
-    types = dict(q_desc=desc(dtype, gdt, [rows, D]), k_desc=desc(dtype, gdt, [1, block_n, D]),
-                 v_desc=desc(dtype, gdt, [1, block_n, D]), s_desc=desc("fp32", gl.float32, [rows, D]),
-                 AccIn="*fp32", Acc="*fp32" if has_state else f"*{dtype}", Lse="*fp32", qk_scale="fp32")
-    consts = dict(HEAD_DIM=D, BLOCK_M=2 * rows, BLOCK_N=block_n, STAGES=stages, HAS_STATE=has_state,
-                  STATE_TMA=state_tma, s_desc=None if not state_tma else ...)
+    gdt = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+    types = dict(q_desc=_desc(dtype, gdt, [64, D]), k_desc=_desc(dtype, gdt, [1, block_n, D]),
+                 v_desc=_desc(dtype, gdt, [1, block_n, D]), s_desc=_desc("fp32", gl.float32, [64, D]),
+                 AccIn="*fp32", LseIn="*fp32", Acc="*fp32" if has_state else f"*{dtype}", Lse="*fp32",
+                 qk_scale="fp32")
+    consts = dict(HEAD_DIM=D, BLOCK_M=128, BLOCK_N=block_n, STAGES=stages, HAS_STATE=has_state)
+    if state_tma is not None:
+        consts["STATE_TMA"] = state_tma
+        if not state_tma:
+            consts["s_desc"] = None
     sig, constexprs = {}, {}
-    for i, name in enumerate(ring_step_kernel.arg_names):
-        if name in consts and consts[name] is not ...:
+    for i, name in enumerate(kernel.arg_names):
+        if name in consts:
             sig[name], constexprs[(i,)] = "constexpr", consts[name]
         else:
             sig[name] = types.get(name, "i32")
-    src = GluonASTSource(ring_step_kernel, sig, constexprs=constexprs)
+    src = GluonASTSource(kernel, sig, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": hopper.MAXNREG})
 
 
+def _kernel(which):
+    if which == "library":
+        from ringsp_kernels.cuda.hopper_step import ring_step_kernel
+    else:
+        from ringsp_bench.hopper_persistent import ring_step_kernel
+    return ring_step_kernel
+
+
 if __name__ == "__main__":
-    D, block_n, stages, has_state, state_tma = (int(x) for x in sys.argv[1:6])
-    kernel = _compile(D, block_n, stages, bool(has_state), bool(state_tma))
+    which, *nums = sys.argv[1:]
+    nums = [int(x) for x in nums]
+    kernel = compile_kernel(_kernel(which), nums[0], nums[1], nums[2], bool(nums[3]),
+                            bool(nums[4]) if len(nums) > 4 else None)
     ptx = kernel.asm["ptx"]
     print(json.dumps({"wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
                       "setmaxnreg": "setmaxnreg" in ptx, "shared": kernel.metadata.shared}))

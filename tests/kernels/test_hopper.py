@@ -34,20 +34,32 @@ def test_layouts_the_descriptors_read():
 gluon = pytest.importorskip("triton.experimental.gluon")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("D,block_n,stages,has_state,state_tma", [
-    (128, 128, 2, True, True),   # the default step: ring-buffered K/V, TMA state, within 227 KB
-    (64, 128, 2, False, False),  # a forward at D=64
-])
-def test_the_kernel_compiles_for_sm90_with_wgmma_and_fits_shared_memory(D, block_n, stages, has_state, state_tma):
-    # in a process of its own: the tests' TRITON_INTERPRET=1 would hand the compiler interpreted functions
+def aot(*args):
+    """tests.kernels.hopper_aot's JSON line for `args`, in a process of its own (the tests'
+    TRITON_INTERPRET=1 would hand the compiler interpreted functions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    args = [sys.executable, "-m", "tests.kernels.hopper_aot", str(D), str(block_n), str(stages), str(int(has_state)),
-            str(int(state_tma))]
-    run = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "tests.kernels.hopper_aot", *map(str, args)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
     if "ptxas" in run.stderr and run.returncode:
         pytest.skip(f"no ptxas for this platform: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.splitlines()[-1])
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("D,block_n,stages,has_state", [(128, 128, 2, 1), (64, 128, 3, 0)])
+def test_the_kernel_compiles_for_sm90_with_wgmma_and_fits_shared_memory(D, block_n, stages, has_state):
+    got = aot("library", D, block_n, stages, has_state)
     assert got["wgmma"] and got["tma"] and got["setmaxnreg"], got
     assert got["shared"] <= 232448, got  # sm90's opt-in shared memory per block
+
+
+def test_the_automatic_choice_leaves_the_path_out_until_it_is_cleared(monkeypatch):
+    import dataclasses
+
+    from ringsp_kernels.cuda import ops, paths
+
+    q = torch.zeros(1, 8, 2, 128, dtype=torch.bfloat16)
+    monkeypatch.setitem(paths.VENDOR, "hopper", dataclasses.replace(paths.VENDOR["hopper"], usable=lambda q: True))
+    assert ("hopper" in ops.usable_paths(q)) == hopper.AUTO
+    assert "hopper" in ops.usable_paths(q, forced=True)

@@ -1,6 +1,6 @@
-"""The hopper path's kernel variants (grid, state load, stages) against float64 attention on an
+"""The hopper path's tile configs against float64 attention on an
 sm90 GPU: forward and resumed ring steps, NaN-filled padding, blocks shorter than a tile, more
-than one batch, a strided state (read without TMA). Skipped elsewhere. The worst errors are
+than one batch, a strided state. Skipped elsewhere. The worst errors are
 printed (pytest -s) and, with RINGSP_ERR_LOG=file, appended as JSON lines."""
 import pytest
 import torch
@@ -13,8 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0) or hopper.why_unavailable(),
     reason="needs an sm90 GPU and Triton's Gluon")]
 
-VARIANTS = [hopper.Config(persistent=True, state_tma=True), hopper.Config(persistent=False, state_tma=False),
-            hopper.Config(stages=3, persistent=True, state_tma=False)]
+VARIANTS = [hopper.Config(), hopper.Config(stages=3), hopper.Config(block_n=64, stages=3)]
 CASES = [  # B, Sq, Sk, H, D, kv_len
     (1, 1000, 1024, 2, 128, 777),
     (2, 300, 500, 3, 128, None),
@@ -28,8 +27,6 @@ CASES = [  # B, Sq, Sk, H, D, kv_len
 @pytest.mark.parametrize("config", VARIANTS, ids=str)
 def test_variant_fwd_and_resumed_chain(config, case, dtype):
     B, Sq, Sk, H, D, kv_len = case
-    if config.stages == 3 and config.state_tma:
-        pytest.skip("no shared memory for three stages and the TMA state")
     g = torch.Generator(device="cuda").manual_seed(Sq * 7 + Sk)
     q, k, v = rand((B, Sq, H, D), dtype, g), rand((B, Sk, H, D), dtype, g), rand((B, Sk, H, D), dtype, g)
     n = Sk if kv_len is None else kv_len
@@ -49,12 +46,12 @@ def test_variant_fwd_and_resumed_chain(config, case, dtype):
     assert_rows_close(acc.to(dtype), st, ref_out, ref_lse, dtype, f"hopper {config} chain {case}")
 
 
-def test_a_strided_state_is_read_without_tma():
+def test_a_strided_state():
     g = torch.Generator(device="cuda").manual_seed(3)
     B, S, H, D = 1, 700, 4, 128
     q, k, v = (rand((B, S, H, D), torch.bfloat16, g) for _ in range(3))
     wide = torch.zeros(B, S, H, 2 * D, device="cuda")
-    acc = wide[..., :D]  # not one [B*S, H*D] tensor: the pointer path reads and writes it
+    acc = wide[..., :D]  # not one [B*S, H*D] tensor: the state is addressed through its strides
     st = torch.full((B, H, S), float("-inf"), device="cuda")
     for a, b in ((0, 300), (300, S)):
         hopper.launch(q, k[:, a:b], v[:, a:b], acc, st, D ** -0.5, b - a, True, hopper.Config())
