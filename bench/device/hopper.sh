@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One sm90 GPU, one call (~6 min): the hopper path's variants (check + time; the fastest correct one per
-# head dim becomes this run's default), the GPU kernel tests, then ringsp_bench.attn_kernels and
-# ringsp_bench.ring_rank with the hopper rows; measured dispatch choices land in OUT/cache.
+# One sm90 GPU, one call (~8 min): the hopper kernel's configs and the persistent candidate
+# (check + time), the GPU kernel tests, then ringsp_bench.attn_kernels and ringsp_bench.ring_rank
+# with the hopper rows; measured dispatch choices land in OUT/cache.
 # Usage (repo root): bash bench/device/hopper.sh OUTDIR
 set -uo pipefail
 out=${1:?usage: bash bench/device/hopper.sh OUTDIR}
@@ -11,25 +11,9 @@ log="$out/log.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 timeout 150 python3 setup.py -q build_ext --inplace > /tmp/build.txt 2>&1 || tail -5 /tmp/build.txt | tee -a "$log"
 v="$out/hopper_variants.json"
-timeout 80 python3 -m ringsp_bench.hopper_variants --json "$v" --dims 128 --reps 30 --timeout 40 \
-  --variants persistent+tma_state,items+pointer_state 2>&1 | tee -a "$log"
-python3 - "$v" <<'PY' 2>&1 | tee -a "$log"
-# this run's default: the fastest correct variant per head dim
-import json, re, sys
-from ringsp_bench.hopper_variants import VARIANTS
-best = json.load(open(sys.argv[1])).get("best", {})
-path = "ringsp_kernels/cuda/hopper.py"
-src = open(path).read()
-fields = {int(d): VARIANTS[name] for d, name in best.items()}
-line = "DEFAULT = {" + ", ".join(f"{d}: Config({', '.join(f'{k}={v!r}' for k, v in f.items())})"
-                                 for d, f in sorted(fields.items(), reverse=True)) + "}"
-if fields:
-    src = re.sub(r"^DEFAULT = \{.*\}$", line, src, flags=re.M)
-    open(path, "w").write(src)
-print("default for this run:", line if fields else "unchanged")
-PY
-echo "### tests/kernels/test_hopper_gpu.py" | tee -a "$log"
-timeout 90 python3 -m pytest tests/kernels/test_hopper_gpu.py -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
+timeout 200 python3 -m ringsp_bench.hopper_variants --json "$v" --reps 30 --timeout 40 2>&1 | tee -a "$log"
+echo "### tests/kernels/test_hopper_gpu.py tests/bench/test_hopper_persistent.py" | tee -a "$log"
+timeout 120 python3 -m pytest tests/kernels/test_hopper_gpu.py tests/bench/test_hopper_persistent.py -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
 timeout 100 python3 -m ringsp_bench.attn_kernels --reps 25 --rounds 1 --json "$out/kernels.json" 2>&1 | tee -a "$log"
 echo "### tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py" | tee -a "$log"
 timeout 100 python3 -m pytest tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py -q -p no:cacheprovider -rfE \
