@@ -109,6 +109,16 @@ def image_side(cp_plan, text_outputs=(), replace=None):
     return shards
 
 
+def packed_latents(latents, channels):
+    """(batch, image tokens) of packed latents [B, S >= 1, channels]; ValueError otherwise."""
+    from ringsp.parallel.agreement import describe
+
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 3 or latents.shape[2] != channels \
+            or latents.shape[1] == 0:
+        raise ValueError(f"hidden_states must be packed latents [B, S >= 1, {channels}], got {describe(latents)}")
+    return latents.shape[:2]
+
+
 def fingerprint(value):
     """An argument as the ranks compare it: tensors by shape, dtype and device, other values by repr."""
     from ringsp.parallel.agreement import describe

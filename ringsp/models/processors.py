@@ -45,7 +45,8 @@ class SPAttnProcessor:
         q, k, v = self._spec.qkv(attn, hidden_states, image_rotary_emb)
         if kind == "prefix":
             n = adapter.call.text_len
-            image_out, text_out = adapter.joint_attention((q[:, n:], k[:, n:], v[:, n:]), (q[:, :n], k[:, :n], v[:, :n]))
+            image, text = (q[:, n:], k[:, n:], v[:, n:]), (q[:, :n], k[:, :n], v[:, :n])
+            image_out, text_out = adapter.joint_attention(image, text)
             return torch.cat([text_out, image_out], dim=1).flatten(2, 3).to(q.dtype)
         out = sp_attention(q, k, v, adapter.groups, adapter.call.seq_len, precision=adapter.attention_precision)
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(q)))

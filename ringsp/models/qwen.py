@@ -23,7 +23,7 @@ from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, image_side
+from .plan import Attention, Call, SPPlan, Split, image_side, packed_latents
 from .text_mask import TextPlan, text_plan  # noqa: F401 - Qwen's text plan (tests patch text_plan here)
 
 _MASK_CACHE_SIZE = 4  # cond + uncond masks, with room for a second expert or request
@@ -62,11 +62,7 @@ def _check(adapter, args):
     cfg = adapter.transformer.config
     latents, text, mask = args.get("hidden_states"), args.get("encoder_hidden_states"), \
         args.get("encoder_hidden_states_mask")
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 3 or latents.shape[2] != cfg.in_channels:
-        raise ValueError(f"hidden_states must be packed latents [B, S, {cfg.in_channels}], got {describe(latents)}")
-    batch, seq_len = latents.shape[:2]
-    if seq_len == 0:
-        raise ValueError("hidden_states holds no image token (S = 0)")
+    batch, seq_len = packed_latents(latents, cfg.in_channels)
     if not isinstance(text, torch.Tensor) or text.dim() != 3 or text.shape[0] != batch \
             or text.shape[2] != cfg.joint_attention_dim or text.shape[1] == 0:
         raise ValueError(f"encoder_hidden_states must be [{batch}, T >= 1, {cfg.joint_attention_dim}], "

@@ -17,6 +17,8 @@ PIPELINE_TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 ADAPTERS = {
     "WanTransformer3DModel": ("wan", "WanSPAdapter"),
     "QwenImageTransformer2DModel": ("qwen", "QwenSPAdapter"),
+    "FluxTransformer2DModel": ("flux", "FluxSPAdapter"),
+    "LTXVideoTransformer3DModel": ("ltx", "LTXSPAdapter"),
 }
 SUPPORTED = ", ".join(ADAPTERS)
 

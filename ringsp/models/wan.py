@@ -64,7 +64,8 @@ def _qkv(attn, states, rotary):
 
 WAN_PLAN = SPPlan(
     name="Wan", check=_check, agreed=("hidden_states", "timestep"),
-    shards=image_side(WanTransformer3DModel._cp_plan, replace={"blocks.0": {"patch_embedding": {OUTPUT: _shard_patches}}}),
+    shards=image_side(WanTransformer3DModel._cp_plan,
+                      replace={"blocks.0": {"patch_embedding": {OUTPUT: _shard_patches}}}),
     attention={"blocks.*.attn1": Attention("self", _qkv), "blocks.*.attn2": Attention("cross")},
 )
 
