@@ -1,6 +1,6 @@
-"""What the Wan and Qwen pipeline builders share: model facts read without building anything,
-model-directory errors and JSON reading, building on a device, and loading diffusers models
-from safetensors without `accelerate`."""
+"""What the pipeline families share: model facts read without building anything, the Family
+record each family module exports, model-directory errors and JSON reading, building on a
+device, and loading diffusers models from safetensors without `accelerate`."""
 import contextlib
 import json
 import os
@@ -10,6 +10,7 @@ import torch
 
 # diffusers keeps the submodules a model names here in fp32 under bf16/fp16.
 _FP32_KEEP_ATTR = "_keep_in_fp32_modules"
+IMAGE_FAMILIES = ("qwen", "flux")  # the others make videos
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class ModelInfo:
     defaults: ModelDefaults
     source: str = "dummy"        # "dummy" or a directory path
     notes: tuple = field(default=())
-    family: str = "wan"          # "wan" (text-to-video) or "qwen" (text-to-image, image editing)
+    family: str = "wan"          # "wan", "ltx" (text-to-video), "qwen", "flux" (text-to-image, image editing)
     edit: bool = False           # takes an input image (Qwen-Image-Edit)
+    guidance: str = "cfg"        # what --guidance-scale is: "cfg" (> 1: a negative pass), "embedded"
+                                 # (guidance-distilled FLUX.1-dev: an input of the transformer) or "none"
+    max_text_tokens: int | None = None  # the pipeline refuses longer --max-sequence-length
+    min_steps: int = 1           # schedulers stretched to a terminal shift give NaN sigmas for 1 step
 
     @property
     def size_multiple(self):
@@ -45,7 +50,21 @@ class ModelInfo:
 
     @property
     def makes_images(self):
-        return self.family == "qwen"
+        return self.family in IMAGE_FAMILIES
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family module (wan, qwen, flux, ltx) gives the package: its model names and
+    diffusers pipeline classes, and info(name), inspect(path, index), check_weights(path,
+    index), build(name, **options) and load(path, index, **options)."""
+    names: tuple
+    pipeline_classes: tuple
+    info: object
+    inspect: object
+    check_weights: object
+    build: object
+    load: object
 
 
 class ModelDirError(ValueError):
@@ -103,9 +122,9 @@ def keep_fp32(model):
 # ------------------------------------------------------------------------------ weights
 
 
-def check_model_weights(path, index, classes):
+def check_model_weights(path, index, classes, text_encoders=("text_encoder",)):
     """For each (component, diffusers class) listed in the index: the safetensors hold exactly
-    the weights the component's config needs (compared on the meta device). The text encoder's
+    the weights the component's config needs (compared on the meta device). The text encoders'
     safetensors headers must be readable."""
     for comp, cls in classes:
         if not listed(index, comp):
@@ -123,12 +142,12 @@ def check_model_weights(path, index, classes):
             missing, extra = sorted(expected - stored), sorted(stored - expected)
             raise ModelDirError(f"{folder}: the weights do not fit the config ({len(missing)} missing, e.g. "
                                 f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
-    te = os.path.join(path, "text_encoder")
-    te_files = [f for f in (os.listdir(te) if os.path.isdir(te) else []) if f.endswith(".safetensors")]
-    if not te_files:
-        raise ModelDirError(f"{te}: no *.safetensors weights")
-    for f in te_files:
-        safetensors_keys(os.path.join(te, f))
+    for te in (os.path.join(path, name) for name in text_encoders):
+        te_files = [f for f in (os.listdir(te) if os.path.isdir(te) else []) if f.endswith(".safetensors")]
+        if not te_files:
+            raise ModelDirError(f"{te}: no *.safetensors weights")
+        for f in te_files:
+            safetensors_keys(os.path.join(te, f))
 
 
 def safetensors_keys(filename):

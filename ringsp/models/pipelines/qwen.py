@@ -10,12 +10,13 @@ import torch
 
 from ..configs import QWEN_VAES, transformer_config
 from .common import (
-    ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline, keep_fp32,
-    listed, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline,
+    keep_fp32, listed, load_model, read_json, require_components,
 )
 
 QWEN_NAMES = ("qwen-image", "qwen-image-edit", "tiny-qwen-image", "tiny-qwen-image-edit")
 QWEN_PIPELINE_CLASSES = {"QwenImagePipeline": False, "QwenImageEditPipeline": True}  # class -> edit
+QWEN_MAX_TEXT_TOKENS = 1024  # diffusers' Qwen pipelines refuse a longer max_sequence_length
 # diffusers' QwenImageEditPipeline resizes the reference image to about 1024 x 1024 pixels.
 EDIT_IMAGE_AREA = 1024 * 1024
 
@@ -91,7 +92,7 @@ def _info(name, tcfg, vcfg, edit, defaults, source):
     spatial = 2 ** len(vcfg.get("temperal_downsample", [False, True, True]))
     return ModelInfo(name=name, patch_size=(1, patch, patch), vae_scale_spatial=spatial, vae_scale_temporal=1,
                      num_heads=int(tcfg.get("num_attention_heads", 24)), defaults=defaults, source=source,
-                     family="qwen", edit=edit)
+                     family="qwen", edit=edit, max_text_tokens=QWEN_MAX_TEXT_TOKENS, min_steps=2)
 
 
 # ------------------------------------------------------------------------------ building
@@ -190,3 +191,7 @@ def _video_processors_available():
     from transformers.utils import is_torchvision_available
 
     return is_torchvision_available()
+
+
+FAMILY = Family(QWEN_NAMES, tuple(QWEN_PIPELINE_CLASSES), qwen_info, inspect_qwen_dir, check_qwen_weights,
+                build_qwen_pipeline, load_qwen_pipeline)

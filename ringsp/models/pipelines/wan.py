@@ -12,8 +12,8 @@ import torch
 
 from ..configs import model_spec, transformer_config, vae_config
 from .common import (
-    ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline, keep_fp32,
-    listed, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline,
+    keep_fp32, listed, load_model, read_json, require_components,
 )
 
 TINY_NAME = "tiny-wan"
@@ -175,3 +175,7 @@ def load_wan_pipeline(path, index, *, dtype, device, vae_dtype):
     pipe = from_pretrained_pipeline(WanPipeline, path, dtype, **parts)
     pipe.text_encoder.to(device)
     return pipe, []
+
+
+FAMILY = Family(WAN_NAMES, WAN_PIPELINE_CLASSES, wan_info, inspect_wan_dir, check_wan_weights, build_wan_pipeline,
+                load_wan_pipeline)
