@@ -67,8 +67,10 @@ def test_sp_generate_equals_single_process(flux_model_dir, world, layouts):
 def test_dummy_model_name_and_directory_agree(flux_model_dir):
     req = parse_request(["--model", "tiny-flux", "--device", "cpu", "--no-output"], env={})
     assert (req.height, req.width, req.num_frames, req.guidance_scale, req.media) == (48, 80, 1, 3.5, "image")
-    req = parse_request(["--model-path", flux_model_dir, "--device", "cpu", "--no-output"], env={})
-    assert (req.height, req.width, req.steps, req.max_sequence_length) == (1024, 1024, 28, 512)  # FLUX.1-dev's
+    for argv in (["--model-path", flux_model_dir], ["--model", "flux.1-dev", "--dummy-weights"]):
+        req = parse_request(argv + ["--device", "cpu", "--no-output"], env={})
+        assert (req.height, req.width, req.steps, req.guidance_scale, req.max_sequence_length) == \
+            (1024, 1024, 28, 3.5, 512)  # FluxPipeline's defaults
 
 
 @pytest.mark.parametrize("extra, message", [

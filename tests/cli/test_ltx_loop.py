@@ -83,8 +83,10 @@ def test_sp_generate_equals_single_process(ltx_model_dir, world, layouts):
 def test_dummy_model_name_and_directory_defaults(ltx_model_dir):
     req = parse_request(["--model", "tiny-ltx-video", "--device", "cpu", "--no-output"], env={})
     assert (req.height, req.width, req.num_frames, req.media) == (96, 160, 17, "video")
-    req = parse_request(["--model-path", ltx_model_dir, "--device", "cpu", "--no-output"], env={})
-    assert (req.height, req.width, req.num_frames, req.steps) == (512, 704, 161, 50)  # LTXPipeline's
+    for argv in (["--model-path", ltx_model_dir], ["--model", "ltx-video", "--dummy-weights"]):
+        req = parse_request(argv + ["--device", "cpu", "--no-output"], env={})
+        assert (req.height, req.width, req.num_frames, req.steps, req.guidance_scale) == \
+            (512, 704, 161, 50, 3.0)  # LTXPipeline's defaults
 
 
 @pytest.mark.parametrize("extra, message", [
