@@ -16,7 +16,7 @@ from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, image_side, packed_latents
+from .plan import Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents
 
 
 def _check(adapter, args):
@@ -36,10 +36,7 @@ def _check(adapter, args):
     if not isinstance(args.get("timestep"), torch.Tensor):
         raise ValueError(f"timestep must be a tensor, got {describe(args.get('timestep'))}")
     for name in ("controlnet_block_samples", "controlnet_single_block_samples"):
-        control = args.get(name)
-        if control is not None and not (isinstance(control, (list, tuple)) and all(
-                isinstance(c, torch.Tensor) and tuple(c.shape[:2]) == (batch, seq_len) for c in control)):
-            raise ValueError(f"{name} must be a list of [{batch}, {seq_len}, D] tensors")
+        check_residuals(name, args.get(name), batch, seq_len)
     if "ip_adapter_image_embeds" in (args.get("joint_attention_kwargs") or {}):
         raise ValueError("IP-Adapter image embeddings are not supported under sequence parallelism")
     return Call(seq_len, text_len=text.shape[1])
@@ -83,6 +80,4 @@ FLUX_PLAN = SPPlan(
 
 
 class FluxSPAdapter(SPAdapter):
-    """Puts one FluxTransformer2DModel under sequence parallelism; `remove()` undoes it."""
-
     plan = FLUX_PLAN

@@ -64,6 +64,4 @@ LTX_PLAN = SPPlan(
 
 
 class LTXSPAdapter(SPAdapter):
-    """Puts one LTXVideoTransformer3DModel under sequence parallelism; `remove()` undoes it."""
-
     plan = LTX_PLAN

@@ -1,23 +1,8 @@
-"""A model's sequence-parallel plan: what `SPAdapter` (ringsp.models.adapter) reads to put it under SP.
-
-    plan = SPPlan(name, check, shards, attention, agreed)
-
-- shards: module path -> entries, or -> Gather(dim). "" is the transformer's own forward,
-  "blocks.*" every child of a block list. An entry's key is an argument name of the module's
-  forward (its input is split) or an output index / OUTPUT (its output is split); its value
-  is a Split, or a function (tensor, ctx) -> this rank's shard. Only the image sequence is
-  ever split: text is replicated on every rank and enters attention as joint tokens.
-- attention: module pattern -> Attention(kind, qkv). "self": one stream over the sharded
-  image tokens; "joint": image and text given as two streams; "prefix": one stream holding
-  the text before the image shard (Flux's single-stream blocks); "cross": text keys and local
-  queries, left alone. qkv is the model's projection, qk-norm and rotary (see processors.py).
-- check(adapter, args) -> Call: validates a forward's arguments ({name: value}) and says
-  what the blocks need (global image tokens, text tokens, text mask); agreed names the
-  arguments whose fingerprints every rank must share.
-
-`image_side` derives the shard entries from a diffusers model's `_cp_plan`: diffusers'
-context parallelism splits text and image alike; ringsp keeps every text entry whole.
+"""A model's sequence-parallel plan, the data `SPAdapter` (adapter.py) reads: docs/design.md
+("Adding a model") says how to write one. Only the image sequence is ever split: text stays
+whole on every rank and joins attention as joint tokens.
 """
+from collections import namedtuple
 from dataclasses import dataclass, field
 
 import torch
@@ -27,14 +12,17 @@ from ringsp.parallel import shard_sequence
 OUTPUT = "<output>"  # key of an entry that splits a module's whole (non-tuple) output
 # diffusers' names of text-side arguments: replicated, never split
 TEXT_ARGS = frozenset({"encoder_hidden_states", "encoder_hidden_states_mask", "encoder_attention_mask", "txt_ids"})
+# kind: "self" (the image shard), "joint" (image and text streams), "prefix" ([text; image shard] in
+# one stream) or "cross" (left alone); qkv: the model's projections, qk-norm and rotary (adapter.py)
+Attention = namedtuple("Attention", "kind qkv", defaults=(None,))
 KINDS = ("self", "joint", "prefix", "cross")
 
 
 @dataclass(frozen=True)
 class Split:
     """This rank's shard along `dim` (padded at the end of the sequence on the last ranks).
-    A tensor of another rank than expected_dims stays whole (diffusers' rule: Wan's timestep
-    is split only when it is per token); None stays None; a list is split element-wise."""
+    A tensor with another number of dims than expected_dims stays whole (diffusers' rule: Wan's
+    timestep is split only when it is per token); None stays None; a list is split element-wise."""
     dim: int
     expected_dims: int | None = None
 
@@ -52,30 +40,20 @@ class Gather:
     dim: int
 
 
-@dataclass(frozen=True)
-class Attention:
-    kind: str
-    qkv: object = None  # (attn, states[, text states], rotary) -> (q, k, v); see processors.py
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
-
-
 @dataclass
 class Call:
     """What a plan's check learnt about the forward in flight."""
     seq_len: int                # global image tokens
     text_len: int = 0           # text tokens in front of the image shard ("prefix" attention)
-    text: object = None         # TextPlan of the joint text mask (text_mask.py), or None: all valid
+    text: object = None         # TextPlan of the joint text mask, or None: all valid
     agreed: dict = field(default_factory=dict)  # more fields every rank must share (a mask's digest)
 
 
 @dataclass(frozen=True)
 class SPPlan:
     name: str                   # in messages: "Wan", "Flux"
-    check: object               # (adapter, args) -> Call
-    shards: dict
+    check: object               # (adapter, {argument: value}) -> Call; raises ValueError on bad inputs
+    shards: dict                # "" is the transformer's forward; "blocks.*" every block of a list
     attention: dict
     agreed: tuple = ()          # forward arguments fingerprinted across ranks
 
@@ -92,13 +70,10 @@ def image_side(cp_plan, text_outputs=(), replace=None):
         if isinstance(entries, ContextParallelOutput):
             shards[path] = Gather(entries.gather_dim)
             continue
-        kept = {}
-        for key, e in entries.items():
-            if e.split_output != isinstance(key, int):
-                raise NotImplementedError(f"_cp_plan entry {path!r}[{key!r}]: ringsp splits inputs by name and "
-                                          "outputs by index only")
-            if key not in TEXT_ARGS and (path, key) not in text_outputs:
-                kept[key] = Split(e.split_dim, e.expected_dims)
+        if any(e.split_output != isinstance(key, int) for key, e in entries.items()):
+            raise NotImplementedError(f"_cp_plan entry {path!r}: ringsp splits inputs by name, outputs by index")
+        kept = {key: Split(e.split_dim, e.expected_dims) for key, e in entries.items()
+                if key not in TEXT_ARGS and (path, key) not in text_outputs}
         if kept:
             shards[path] = kept
     for path, moved in (replace or {}).items():
@@ -119,10 +94,44 @@ def packed_latents(latents, channels):
     return latents.shape[:2]
 
 
-def fingerprint(value):
-    """An argument as the ranks compare it: tensors by shape, dtype and device, other values by repr."""
-    from ringsp.parallel.agreement import describe
+def check_residuals(name, residuals, batch, seq_len):
+    """ControlNet residuals: None, or a list of [B, S, D] tensors (split with the image tokens)."""
+    if residuals is not None and not (isinstance(residuals, (list, tuple)) and all(
+            isinstance(c, torch.Tensor) and c.dim() == 3 and tuple(c.shape[:2]) == (batch, seq_len)
+            for c in residuals)):
+        raise ValueError(f"{name} must be a list of [{batch}, {seq_len}, D] tensors")
 
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
-        return [describe(v) for v in value]
-    return describe(value) if value is None or isinstance(value, torch.Tensor) else repr(value)
+
+# ------------------------------------------------------------------------------ the joint text mask
+
+
+@dataclass
+class TextPlan:
+    """How the text mask [B, T] enters the SP attention, prepared on the host once per mask.
+    lens: CPU int64 [B] valid tokens per row (None: all valid; rows of different counts attend
+    apart inside the op); order [B, T] puts each row's valid tokens first (None: they are
+    already); inverse undoes it."""
+    lens: torch.Tensor | None
+    order: torch.Tensor | None
+    inverse: torch.Tensor | None
+
+    def to(self, device):
+        """order and inverse on `device`; lens stays on the host (the op reads it there)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TextPlan(self.lens, move(self.order), move(self.inverse))
+
+
+def text_plan(mask):
+    """The text mask [B, T] (None = all valid) as a TextPlan. The SP attention masks text by a
+    valid prefix per row; attention does not care about the order of keys (nor, permuted back,
+    of queries), so holes are closed by moving the valid tokens first. Masked text tokens stay
+    queries (computed as diffusers computes them), never keys."""
+    if mask is None:
+        return TextPlan(None, None, None)
+    mask = mask.detach().to("cpu", torch.bool)
+    counts = mask.sum(dim=1)
+    if bool((mask == (torch.arange(mask.shape[1]) < counts[:, None])).all()):
+        return TextPlan(counts, None, None)
+    # Stable sort on "is padding": valid tokens first, each part in its original order.
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    return TextPlan(counts, order, torch.argsort(order, dim=1))

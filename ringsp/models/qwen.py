@@ -1,17 +1,8 @@
 """Sequence parallelism for diffusers' QwenImageTransformer2DModel (Qwen-Image, -Edit, -Edit-2511,
--Layered): its plan, and Qwen's text plan.
-
-From diffusers' `_cp_plan`: the image rotary table [S, D/2] is split (the text table is not:
-text is replicated), Edit-2511's per-token `modulate_index` [B, S] is split at every block,
-and proj_out's output is gathered. The packed image tokens are split before `img_in`
-(diffusers: at the first block's input), so the embedding runs sharded; for Edit the
-reference-image tokens are part of that sequence. ControlNet residuals [B, S, D] are split
-too. `transformer_blocks.*.attn` is joint attention: the image shard is the sequence, the
-text joins as replicated joint tokens, so every rank gets the same text output and the text
-stream stays identical on every rank.
-
-The text mask becomes a TextPlan (text_mask.py) once per mask: the pipelines pass the same
-cond and uncond masks at every step, and both are kept, so no step reads a mask on the host.
+-Layered): its plan, and Qwen's text plan. From `_cp_plan`: the image rotary table (not the
+text's), Edit-2511's per-token `modulate_index` and proj_out; the packed image tokens (with
+Edit's reference images) are split before `img_in`, not at the first block, and ControlNet
+residuals too. The blocks' attention is joint: the text stream stays identical on every rank.
 """
 import hashlib
 import math
@@ -23,8 +14,7 @@ from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, image_side, packed_latents
-from .text_mask import TextPlan, text_plan  # noqa: F401 - Qwen's text plan (tests patch text_plan here)
+from .plan import Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents, text_plan
 
 _MASK_CACHE_SIZE = 4  # cond + uncond masks, with room for a second expert or request
 
@@ -42,14 +32,12 @@ def image_grids(img_shapes):
 
 
 def _grid(grid):
-    if not isinstance(grid, (tuple, list)) or len(grid) != 3:
-        raise ValueError(f"img_shapes entries must be (frames, height, width) triples, got {grid!r}")
     try:
-        values = tuple(int(n) for n in grid)
+        values = tuple(int(n) for n in grid) if isinstance(grid, (tuple, list)) else ()
     except (TypeError, ValueError):
-        raise ValueError(f"img_shapes entries must be (frames, height, width) of ints, got {grid!r}") from None
-    if min(values) < 1:
-        raise ValueError(f"img_shapes entries must be positive, got {grid!r}")
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"img_shapes entries must be (frames, height, width) of positive ints, got {grid!r}")
     return values
 
 
@@ -70,14 +58,15 @@ def _check(adapter, args):
     if not isinstance(args.get("timestep"), torch.Tensor):
         raise ValueError(f"timestep must be a tensor, got {describe(args.get('timestep'))}")
     _check_img_shapes(args.get("img_shapes"), batch, seq_len, cfg.zero_cond_t)
-    _check_control(args.get("controlnet_block_samples"), batch, seq_len)
+    check_residuals("controlnet_block_samples", args.get("controlnet_block_samples"), batch, seq_len)
     plan, mask_key = _text_plan(adapter.memo, mask, batch, text.shape[1], latents.device)
     return Call(seq_len, text=plan, agreed={"mask": mask_key})
 
 
 def _text_plan(cache, mask, batch, text_len, device):
-    """(TextPlan, what ranks agree on: the valid counts and a digest) of a mask; masks seen
-    before and unchanged since (same object, same in-place version) come from `cache`."""
+    """(TextPlan, what ranks agree on: the valid counts and a digest) of a mask. The pipelines
+    pass the same cond and uncond masks at every step: masks seen before and unchanged since
+    (same object, same in-place version) come from `cache`, so no step reads one on the host."""
     if mask is None:
         return text_plan(None), None
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, text_len):
@@ -125,17 +114,6 @@ def _check_img_shapes(img_shapes, batch, seq_len, per_sample):
                              f"got {sample!r}")
 
 
-def _check_control(control, batch, seq_len):
-    if control is None:
-        return
-    if not isinstance(control, (list, tuple)) or not all(isinstance(c, torch.Tensor) and c.dim() == 3
-                                                          for c in control):
-        raise ValueError("controlnet_block_samples must be a list of [B, S, D] tensors")
-    bad = [tuple(c.shape) for c in control if tuple(c.shape[:2]) != (batch, seq_len)]
-    if bad:
-        raise ValueError(f"controlnet_block_samples must be [{batch}, {seq_len}, D], got {bad}")
-
-
 def _project(attn, states, to_q, to_k, to_v, norm_q, norm_k):
     """One stream's q, k, v as [B, S, H, D], qk-normed (diffusers' order: project, split heads, norm)."""
     head_dim = attn.inner_dim // attn.heads
@@ -171,6 +149,4 @@ QWEN_PLAN = SPPlan(
 
 
 class QwenSPAdapter(SPAdapter):
-    """Puts one QwenImageTransformer2DModel under sequence parallelism; `remove()` undoes it."""
-
     plan = QWEN_PLAN

@@ -42,8 +42,7 @@ def _transformers_of(target, name):
             raise TypeError(f"{name} must be a supported transformer (diffusers {SUPPORTED}) or a pipeline "
                             f"holding one, got {type(target).__name__}")
         return [target]
-    found = [getattr(target, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS]
-    found = [m for m in found if m is not None]
+    found = pipeline_transformers(target)
     if not found:
         raise TypeError(f"{name} must be a supported transformer or a pipeline with a `transformer` "
                         f"attribute, got {type(target).__name__}")
@@ -54,17 +53,24 @@ def _transformers_of(target, name):
     return found
 
 
-def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, attention_precision=None):
-    """Runs the transformer(s) under sequence parallelism over ctx's SP group.
+def pipeline_transformers(pipe):
+    """The distinct transformers a pipeline holds (Wan2.2 A14B: transformer and transformer_2)."""
+    found = []
+    for module in (getattr(pipe, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS):
+        if module is not None and not any(module is m for m in found):
+            found.append(module)
+    return found
 
-    transformer_or_pipeline: a supported diffusers transformer (`SUPPORTED`), or a pipeline
-    with `transformer` (and optionally `transformer_2`). ctx: from
-    `ringsp.init_parallel`. check_inputs: compare input shapes across the SP group on every
-    forward (one tiny all_gather) so that ranks that disagree fail with the same ValueError
-    instead of hanging. attention_precision: None (the activations' dtype) or "fp8" / "int8":
-    the SP self-attention runs 8-bit inside (CUDA GPUs only; an unsupported device fails at
-    the first forward on every rank). Measured speed and accuracy: bench/RESULTS.md.
-    Returns transformer_or_pipeline. Undo with `disable_sequence_parallel`.
+
+def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, attention_precision=None):
+    """Runs the transformer(s) under sequence parallelism over ctx's SP group; returns the argument.
+
+    transformer_or_pipeline: a supported diffusers transformer (SUPPORTED) or a pipeline with
+    `transformer` (and optionally `transformer_2`). ctx: from `ringsp.init_parallel`.
+    check_inputs: ranks compare their inputs on every forward (one tiny all_gather), so ranks
+    that disagree fail with the same ValueError instead of hanging. attention_precision: None
+    (the activations' dtype) or "fp8" / "int8": the SP self-attention runs 8-bit inside (CUDA
+    GPUs only; elsewhere the first forward fails on every rank; measured: bench/RESULTS.md).
     """
     modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
     if any(getattr(m, _ATTR, None) is not None for m in modules):
@@ -73,8 +79,6 @@ def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, at
     enabled = []
     try:
         for module in modules:
-            if any(module is m for m in enabled):
-                continue  # a pipeline may hold the same module twice
             adapter = _adapter_class(module)(module, ctx, check_inputs=check_inputs,
                                              attention_precision=attention_precision)
             setattr(module, _ATTR, adapter)

@@ -1,11 +1,8 @@
-"""Sequence parallelism for diffusers' WanTransformer3DModel (Wan2.1, Wan2.2 A14B / TI2V-5B): its plan.
-
-From diffusers' `_cp_plan`: the rotary tables [1, S, 1, D] are split, a per-token timestep
-[B, S] (Wan2.2 TI2V) is split so the per-token modulation is computed sharded, and proj_out's
-output [B, S_local, C_out] is gathered (the narrowest tensor after the blocks). The patch
-tokens are split where `patch_embedding` makes them (diffusers: at blocks.0's input; the same
-tensor). `blocks.*.attn1` is self-attention over the whole sequence; cross-attention (attn2:
-text and I2V image tokens) is left alone: its keys are replicated, its queries local.
+"""Sequence parallelism for diffusers' WanTransformer3DModel (Wan2.1, Wan2.2 A14B / TI2V-5B): its
+plan. From `_cp_plan`: the rotary tables, a per-token timestep (TI2V: its modulation is then
+computed sharded) and proj_out; the patch tokens are split where `patch_embedding` makes them
+(diffusers: at blocks.0's input, the same tensor). attn1 is self-attention over the whole
+sequence; attn2 (text and I2V image tokens: replicated keys, local queries) is left alone.
 """
 import math
 
@@ -71,8 +68,6 @@ WAN_PLAN = SPPlan(
 
 
 class WanSPAdapter(SPAdapter):
-    """Puts one WanTransformer3DModel under sequence parallelism; `remove()` undoes it."""
-
     plan = WAN_PLAN
 
 

@@ -1,23 +1,23 @@
-"""Pipelines for `ringsp generate`: Wan (text-to-video), Qwen-Image (text-to-image) and
-Qwen-Image-Edit, FLUX.1 (text-to-image) and LTX-Video (text-to-video), loaded from a local
-diffusers directory or built from a published config with random weights (`--dummy-weights`),
-or tiny ones built in code.
+"""Pipelines for `ringsp generate` (Wan, Qwen-Image and -Edit, FLUX.1, LTX-Video), loaded from a
+local diffusers directory, or built from a published or tiny config with random weights.
 
     info = model_info("wan2.1-t2v-1.3b")           # shapes and defaults, nothing built
     info = inspect_model_dir("/models/Qwen-Image")  # reads JSON only (the family from model_index.json)
     pipe, notes = build_dummy_pipeline("tiny-flux", dtype=torch.float32, device="cpu")
     pipe, notes = load_pipeline(path, dtype=torch.bfloat16, device="cuda:0")
 
-Nothing is downloaded; `notes` says which stand-ins were used (text encoders, tokenizers),
-for the report. Modules: common (shared), one per family (wan, qwen, flux, ltx; each exports
-a Family), qwen_text (Qwen's offline text side), text_stand_ins (T5 and CLIP stand-ins).
+Nothing is downloaded; `notes` says which stand-ins were used (text encoders, tokenizers).
+Each family module (wan, qwen, flux, ltx) exports a Family (common.py).
 """
 import os
 
 import torch
 
 from . import flux, ltx, qwen, wan
-from .common import ModelDefaults, ModelDirError, ModelInfo, read_json
+from .common import (
+    ModelDefaults, ModelDirError, ModelInfo, check_model_weights, from_pretrained_pipeline, listed, load_model,
+    read_json,
+)
 from .qwen import QWEN_NAMES
 from .wan import TINY_NAME, WAN_NAMES, byte_tokenizer
 
@@ -61,7 +61,7 @@ def inspect_model_dir(path, check_weights=False):
     index, family = _index(path)
     info = family.inspect(path, index)
     if check_weights:
-        family.check_weights(path, index)
+        check_model_weights(path, index, _weight_classes(family).items(), family.text_encoders)
     return info
 
 
@@ -75,7 +75,24 @@ def build_dummy_pipeline(name, *, dtype=torch.float32, device="cpu", seed=0, ful
 
 
 def load_pipeline(path, *, dtype=torch.bfloat16, device="cpu", vae_dtype=torch.float32):
-    """(pipeline from a local diffusers directory on `device`, notes)."""
+    """(pipeline from a local diffusers directory on `device`, notes). The transformer(s) and the
+    VAE are read by `load_model`; the tokenizers, text encoders and scheduler (and the family's
+    extra parts) come through the pipeline's from_pretrained."""
+    import diffusers
+
     inspect_model_dir(path)
     index, family = _index(path)
-    return family.load(path, index, dtype=dtype, device=device, vae_dtype=vae_dtype)
+    parts, notes = family.extra_parts(path, index) if family.extra_parts else ({}, [])
+    for comp, cls in _weight_classes(family).items():
+        parts[comp] = load_model(cls, os.path.join(path, comp), vae_dtype if comp == "vae" else dtype, device) \
+            if listed(index, comp) else None
+    pipe = from_pretrained_pipeline(getattr(diffusers, index["_class_name"]), path, dtype, **parts)
+    for name in family.text_encoders:
+        getattr(pipe, name).to(device)
+    return pipe, notes
+
+
+def _weight_classes(family):
+    import diffusers
+
+    return {comp: getattr(diffusers, cls) for comp, cls in family.weights.items()}

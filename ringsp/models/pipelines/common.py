@@ -38,8 +38,7 @@ class ModelInfo:
     notes: tuple = field(default=())
     family: str = "wan"          # "wan", "ltx" (text-to-video), "qwen", "flux" (text-to-image, image editing)
     edit: bool = False           # takes an input image (Qwen-Image-Edit)
-    guidance: str = "cfg"        # what --guidance-scale is: "cfg" (> 1: a negative pass), "embedded"
-                                 # (guidance-distilled FLUX.1-dev: an input of the transformer) or "none"
+    guidance: str = "cfg"        # --guidance-scale: "cfg" (a negative pass), "embedded" (FLUX.1-dev) or "none"
     max_text_tokens: int | None = None  # the pipeline refuses longer --max-sequence-length
     min_steps: int = 1           # schedulers stretched to a terminal shift give NaN sigmas for 1 step
 
@@ -55,16 +54,30 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Family:
-    """What a family module (wan, qwen, flux, ltx) gives the package: its model names and
-    diffusers pipeline classes, and info(name), inspect(path, index), check_weights(path,
-    index), build(name, **options) and load(path, index, **options)."""
-    names: tuple
-    pipeline_classes: tuple
-    info: object
-    inspect: object
-    check_weights: object
-    build: object
-    load: object
+    """What a family module (wan, qwen, flux, ltx) gives the package (see __init__)."""
+    names: tuple                # model names of --model
+    pipeline_classes: tuple     # diffusers pipeline classes of model_index.json
+    info: object                # name -> ModelInfo
+    inspect: object             # (path, index) -> ModelInfo, from the directory's JSON
+    build: object               # (name, dtype, device, seed, full_text_encoder, vae_dtype) -> (pipeline, notes)
+    weights: dict               # component -> diffusers class name, read from safetensors by load_model
+    text_encoders: tuple = ("text_encoder",)
+    extra_parts: object = None  # (path, index) -> ({component: loaded}, notes) for from_pretrained
+
+
+def dir_configs(path, index, components, transformer="transformer"):
+    """(transformer config, VAE config) of a directory whose model_index.json lists components."""
+    require_components(path, index, components)
+    return (read_json(os.path.join(path, transformer, "config.json"), f"{transformer}/config.json"),
+            read_json(os.path.join(path, "vae", "config.json"), "vae/config.json"))
+
+
+def dir_info(path, make, *args):
+    """make(the directory's name, *args, path): its ModelInfo, a config error as ModelDirError."""
+    try:
+        return make(os.path.basename(os.path.normpath(path)), *args, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
 
 
 class ModelDirError(ValueError):

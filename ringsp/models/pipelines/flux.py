@@ -1,18 +1,15 @@
 """FLUX.1 text-to-image pipelines (FluxPipeline): the published FLUX.1-dev config with random
-weights, the tiny one, and loading a local diffusers directory.
+weights, the tiny one, and what a local directory holds.
 
 Dummy pipelines get byte-level stand-ins for the CLIP and T5 tokenizers and random CLIP-L /
 T5-XXL text encoders (text_stand_ins); `notes` says so. FLUX.1-dev is guidance-distilled:
 --guidance-scale is an input of the transformer, not a negative pass.
 """
-import os
-
 import torch
 
 from ..configs import transformer_config, vae_config
 from .common import (
-    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline,
-    keep_fp32, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelInfo, building_on, dir_configs, dir_info, keep_fp32,
 )
 from .text_stand_ins import clip_text_encoder, t5_encoder
 from .wan import byte_tokenizer
@@ -36,21 +33,9 @@ def flux_info(name):
 
 
 def inspect_flux_dir(path, index):
-    require_components(path, index, ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae",
-                                     "scheduler", "transformer"))
-    tcfg = read_json(os.path.join(path, "transformer", "config.json"), "transformer/config.json")
-    vcfg = read_json(os.path.join(path, "vae", "config.json"), "vae/config.json")
-    try:
-        return _info(os.path.basename(os.path.normpath(path)), tcfg, vcfg, _DEFAULTS["flux.1-dev"], path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
-
-
-def check_flux_weights(path, index):
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-
-    check_model_weights(path, index, (("transformer", FluxTransformer2DModel), ("vae", AutoencoderKL)),
-                        text_encoders=("text_encoder", "text_encoder_2"))
+    tcfg, vcfg = dir_configs(path, index, ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae",
+                                           "scheduler", "transformer"))
+    return dir_info(path, _info, tcfg, vcfg, _DEFAULTS["flux.1-dev"])
 
 
 def _info(name, tcfg, vcfg, defaults, source):
@@ -94,18 +79,6 @@ def build_flux_pipeline(name, *, dtype, device, seed, full_text_encoder, vae_dty
     return pipe, notes
 
 
-def load_flux_pipeline(path, index, *, dtype, device, vae_dtype):
-    """A FluxPipeline from a local diffusers directory, on `device`: the transformer and the VAE
-    read by `load_model`, the tokenizers, text encoders and scheduler by from_pretrained."""
-    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-
-    parts = {"transformer": load_model(FluxTransformer2DModel, os.path.join(path, "transformer"), dtype, device),
-             "vae": load_model(AutoencoderKL, os.path.join(path, "vae"), vae_dtype, device)}
-    pipe = from_pretrained_pipeline(FluxPipeline, path, dtype, **parts)
-    pipe.text_encoder.to(device)
-    pipe.text_encoder_2.to(device)
-    return pipe, []
-
-
-FAMILY = Family(FLUX_NAMES, PIPELINE_CLASSES, flux_info, inspect_flux_dir, check_flux_weights, build_flux_pipeline,
-                load_flux_pipeline)
+FAMILY = Family(FLUX_NAMES, PIPELINE_CLASSES, flux_info, inspect_flux_dir, build_flux_pipeline,
+                {"transformer": "FluxTransformer2DModel", "vae": "AutoencoderKL"},
+                text_encoders=("text_encoder", "text_encoder_2"))

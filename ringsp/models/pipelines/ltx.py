@@ -1,18 +1,15 @@
 """LTX-Video text-to-video pipelines (LTXPipeline): the published LTX-Video config with random
-weights, the tiny one, and loading a local diffusers directory.
+weights, the tiny one, and what a local directory holds.
 
 Dummy pipelines get a byte-level stand-in for the T5 tokenizer and a random T5-XXL text
 encoder (text_stand_ins); `notes` says so. VAEs with timestep conditioning (LTX-Video 0.9.1
 and later decode with a noise level) are refused: ringsp's loop decodes without one.
 """
-import os
-
 import torch
 
 from ..configs import transformer_config, vae_config
 from .common import (
-    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline,
-    keep_fp32, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, dir_configs, dir_info, keep_fp32,
 )
 from .text_stand_ins import t5_encoder
 from .wan import byte_tokenizer
@@ -36,22 +33,11 @@ def ltx_info(name):
 
 
 def inspect_ltx_dir(path, index):
-    require_components(path, index, ("tokenizer", "text_encoder", "vae", "scheduler", "transformer"))
-    tcfg = read_json(os.path.join(path, "transformer", "config.json"), "transformer/config.json")
-    vcfg = read_json(os.path.join(path, "vae", "config.json"), "vae/config.json")
+    tcfg, vcfg = dir_configs(path, index, ("tokenizer", "text_encoder", "vae", "scheduler", "transformer"))
     if vcfg.get("timestep_conditioning"):
         raise ModelDirError(f"--model-path {path!r}: an LTX-Video VAE with timestep_conditioning (0.9.1 and later) "
                             "is not supported by ringsp generate")
-    try:
-        return _info(os.path.basename(os.path.normpath(path)), tcfg, vcfg, _DEFAULTS["ltx-video"], path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
-
-
-def check_ltx_weights(path, index):
-    from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
-
-    check_model_weights(path, index, (("transformer", LTXVideoTransformer3DModel), ("vae", AutoencoderKLLTXVideo)))
+    return dir_info(path, _info, tcfg, vcfg, _DEFAULTS["ltx-video"])
 
 
 def _info(name, tcfg, vcfg, defaults, source):
@@ -95,17 +81,5 @@ def build_ltx_pipeline(name, *, dtype, device, seed, full_text_encoder, vae_dtyp
     return pipe, notes
 
 
-def load_ltx_pipeline(path, index, *, dtype, device, vae_dtype):
-    """An LTXPipeline from a local diffusers directory, on `device` (transformer and VAE read by
-    `load_model`, the rest by from_pretrained)."""
-    from diffusers import AutoencoderKLLTXVideo, LTXPipeline, LTXVideoTransformer3DModel
-
-    parts = {"transformer": load_model(LTXVideoTransformer3DModel, os.path.join(path, "transformer"), dtype, device),
-             "vae": load_model(AutoencoderKLLTXVideo, os.path.join(path, "vae"), vae_dtype, device)}
-    pipe = from_pretrained_pipeline(LTXPipeline, path, dtype, **parts)
-    pipe.text_encoder.to(device)
-    return pipe, []
-
-
-FAMILY = Family(LTX_NAMES, PIPELINE_CLASSES, ltx_info, inspect_ltx_dir, check_ltx_weights, build_ltx_pipeline,
-                load_ltx_pipeline)
+FAMILY = Family(LTX_NAMES, PIPELINE_CLASSES, ltx_info, inspect_ltx_dir, build_ltx_pipeline,
+                {"transformer": "LTXVideoTransformer3DModel", "vae": "AutoencoderKLLTXVideo"})
