@@ -9,14 +9,11 @@ runs over [text; image shard] concatenated, the text first: "prefix" attention, 
 part every rank computes alike, so the text stays identical on every rank.
 """
 import torch
-from diffusers import FluxTransformer2DModel
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents
+from .plan import Attention, Call, LazyPlan, SPPlan, Split, check_residuals, image_side, packed_latents
 
 
 def _check(adapter, args):
@@ -47,11 +44,15 @@ def _heads(attn, x):
 
 
 def _rotate(qkv, table):
+    from diffusers.models.embeddings import apply_rotary_emb
+
     q, k, v = qkv
     return apply_rotary_emb(q, table, sequence_dim=1), apply_rotary_emb(k, table, sequence_dim=1), v
 
 
 def _joint_qkv(attn, image_states, text_states, rotary):
+    from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
     q, k, v, text_q, text_k, text_v = _get_qkv_projections(attn, image_states, text_states)
     image = attn.norm_q(_heads(attn, q)), attn.norm_k(_heads(attn, k)), _heads(attn, v)
     text = attn.norm_added_q(_heads(attn, text_q)), attn.norm_added_k(_heads(attn, text_k)), _heads(attn, text_v)
@@ -62,22 +63,26 @@ def _joint_qkv(attn, image_states, text_states, rotary):
 
 
 def _prefix_qkv(attn, states, rotary):
+    from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
     q, k, v = _get_qkv_projections(attn, states)[:3]
     qkv = attn.norm_q(_heads(attn, q)), attn.norm_k(_heads(attn, k)), _heads(attn, v)
     return qkv if rotary is None else _rotate(qkv, rotary)
 
 
-_SHARDS = image_side(FluxTransformer2DModel._cp_plan)
-_SHARDS[""] |= {"controlnet_block_samples": Split(1), "controlnet_single_block_samples": Split(1)}
+def _plan():
+    from diffusers import FluxTransformer2DModel
 
-FLUX_PLAN = SPPlan(
-    name="Flux", check=_check, shards=_SHARDS,
-    agreed=("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
-            "guidance", "controlnet_block_samples", "controlnet_single_block_samples"),
-    attention={"transformer_blocks.*.attn": Attention("joint", _joint_qkv),
-               "single_transformer_blocks.*.attn": Attention("prefix", _prefix_qkv)},
-)
+    shards = image_side(FluxTransformer2DModel._cp_plan)
+    shards[""] |= {"controlnet_block_samples": Split(1), "controlnet_single_block_samples": Split(1)}
+    return SPPlan(
+        name="Flux", check=_check, shards=shards,
+        agreed=("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
+                "guidance", "controlnet_block_samples", "controlnet_single_block_samples"),
+        attention={"transformer_blocks.*.attn": Attention("joint", _joint_qkv),
+                   "single_transformer_blocks.*.attn": Attention("prefix", _prefix_qkv)},
+    )
 
 
 class FluxSPAdapter(SPAdapter):
-    plan = FLUX_PLAN
+    plan = LazyPlan(_plan)

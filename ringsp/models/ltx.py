@@ -9,13 +9,11 @@ sharded. `transformer_blocks.*.attn1` is self-attention over the video tokens;
 applied by diffusers, local queries): left alone.
 """
 import torch
-from diffusers import LTXVideoTransformer3DModel
-from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, image_side, packed_latents
+from .plan import Attention, Call, LazyPlan, SPPlan, Split, image_side, packed_latents
 
 
 def _check(adapter, args):
@@ -44,6 +42,8 @@ def _check(adapter, args):
 
 
 def _qkv(attn, states, rotary):
+    from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
     # diffusers' order: project, qk-norm across heads, rotary on the flat inner dim, split heads
     q, k, v = attn.norm_q(attn.to_q(states)), attn.norm_k(attn.to_k(states)), attn.to_v(states)
     if rotary is not None:
@@ -51,17 +51,19 @@ def _qkv(attn, states, rotary):
     return tuple(x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))
 
 
-_SHARDS = image_side(LTXVideoTransformer3DModel._cp_plan)
-_SHARDS[""] |= {"timestep": Split(1, expected_dims=2)}
+def _plan():
+    from diffusers import LTXVideoTransformer3DModel
 
-LTX_PLAN = SPPlan(
-    name="LTX-Video", check=_check, shards=_SHARDS,
-    agreed=("hidden_states", "encoder_hidden_states", "encoder_attention_mask", "timestep", "num_frames", "height",
-            "width", "rope_interpolation_scale", "video_coords"),
-    attention={"transformer_blocks.*.attn1": Attention("self", _qkv),
-               "transformer_blocks.*.attn2": Attention("cross")},
-)
+    shards = image_side(LTXVideoTransformer3DModel._cp_plan)
+    shards[""] |= {"timestep": Split(1, expected_dims=2)}
+    return SPPlan(
+        name="LTX-Video", check=_check, shards=shards,
+        agreed=("hidden_states", "encoder_hidden_states", "encoder_attention_mask", "timestep", "num_frames",
+                "height", "width", "rope_interpolation_scale", "video_coords"),
+        attention={"transformer_blocks.*.attn1": Attention("self", _qkv),
+                   "transformer_blocks.*.attn2": Attention("cross")},
+    )
 
 
 class LTXSPAdapter(SPAdapter):
-    plan = LTX_PLAN
+    plan = LazyPlan(_plan)

@@ -58,6 +58,19 @@ class SPPlan:
     agreed: tuple = ()          # forward arguments fingerprinted across ranks
 
 
+class LazyPlan:
+    """An adapter's `plan` attribute, built by make() on first use: importing a model's module
+    imports no diffusers model (its `_cp_plan` is read when the first adapter needs it)."""
+
+    def __init__(self, make):
+        self._make, self._plan = make, None
+
+    def __get__(self, obj, cls):
+        if self._plan is None:
+            self._plan = self._make()
+        return self._plan
+
+
 def image_side(cp_plan, text_outputs=(), replace=None):
     """The shard entries of a diffusers `_cp_plan` that ringsp keeps: text arguments
     (TEXT_ARGS) and the outputs named in text_outputs ((path, index)) are dropped, because

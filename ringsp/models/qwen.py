@@ -8,13 +8,13 @@ import hashlib
 import math
 
 import torch
-from diffusers import QwenImageTransformer2DModel
-from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents, text_plan
+from .plan import (
+    Attention, Call, LazyPlan, SPPlan, Split, check_residuals, image_side, packed_latents, text_plan,
+)
 
 _MASK_CACHE_SIZE = 4  # cond + uncond masks, with room for a second expert or request
 
@@ -126,6 +126,8 @@ def _project(attn, states, to_q, to_k, to_v, norm_q, norm_k):
 
 
 def _qkv(attn, image_states, text_states, rotary):
+    from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
     image = _project(attn, image_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
     text = _project(attn, text_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
                     attn.norm_added_q, attn.norm_added_k)
@@ -137,16 +139,19 @@ def _qkv(attn, image_states, text_states, rotary):
     return image, text
 
 
-QWEN_PLAN = SPPlan(
-    name="Qwen-Image", check=_check,
-    agreed=("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep", "img_shapes",
-            "controlnet_block_samples"),
-    shards={**image_side(QwenImageTransformer2DModel._cp_plan, text_outputs={("pos_embed", 1)},
-                         replace={"transformer_blocks.0": {"img_in": {"input": Split(1)}}}),
-            "": {"controlnet_block_samples": Split(1)}},
-    attention={"transformer_blocks.*.attn": Attention("joint", _qkv)},
-)
+def _plan():
+    from diffusers import QwenImageTransformer2DModel
+
+    return SPPlan(
+        name="Qwen-Image", check=_check,
+        agreed=("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep", "img_shapes",
+                "controlnet_block_samples"),
+        shards={**image_side(QwenImageTransformer2DModel._cp_plan, text_outputs={("pos_embed", 1)},
+                             replace={"transformer_blocks.0": {"img_in": {"input": Split(1)}}}),
+                "": {"controlnet_block_samples": Split(1)}},
+        attention={"transformer_blocks.*.attn": Attention("joint", _qkv)},
+    )
 
 
 class QwenSPAdapter(SPAdapter):
-    plan = QWEN_PLAN
+    plan = LazyPlan(_plan)

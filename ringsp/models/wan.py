@@ -7,13 +7,12 @@ sequence; attn2 (text and I2V image tokens: replicated keys, local queries) is l
 import math
 
 import torch
-from diffusers import WanTransformer3DModel
 
 from ringsp.parallel import shard_sequence
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import OUTPUT, Attention, Call, SPPlan, image_side
+from .plan import OUTPUT, Attention, Call, LazyPlan, SPPlan, image_side
 
 
 def _shard_patches(patches, ctx):
@@ -59,16 +58,19 @@ def _qkv(attn, states, rotary):
     return q, k, v
 
 
-WAN_PLAN = SPPlan(
-    name="Wan", check=_check, agreed=("hidden_states", "timestep"),
-    shards=image_side(WanTransformer3DModel._cp_plan,
-                      replace={"blocks.0": {"patch_embedding": {OUTPUT: _shard_patches}}}),
-    attention={"blocks.*.attn1": Attention("self", _qkv), "blocks.*.attn2": Attention("cross")},
-)
+def _plan():
+    from diffusers import WanTransformer3DModel
+
+    return SPPlan(
+        name="Wan", check=_check, agreed=("hidden_states", "timestep"),
+        shards=image_side(WanTransformer3DModel._cp_plan,
+                          replace={"blocks.0": {"patch_embedding": {OUTPUT: _shard_patches}}}),
+        attention={"blocks.*.attn1": Attention("self", _qkv), "blocks.*.attn2": Attention("cross")},
+    )
 
 
 class WanSPAdapter(SPAdapter):
-    plan = WAN_PLAN
+    plan = LazyPlan(_plan)
 
 
 def wan_token_count(latent_shape, patch_size=(1, 2, 2)):

@@ -14,10 +14,13 @@ from .sp_check import offline_ctx  # noqa: E402
 
 
 def test_each_plan_splits_the_image_side_only():
-    from ringsp.models.flux import FLUX_PLAN
-    from ringsp.models.ltx import LTX_PLAN
-    from ringsp.models.qwen import QWEN_PLAN
-    from ringsp.models.wan import WAN_PLAN
+    from ringsp.models.flux import FluxSPAdapter
+    from ringsp.models.ltx import LTXSPAdapter
+    from ringsp.models.qwen import QwenSPAdapter
+    from ringsp.models.wan import WanSPAdapter
+
+    WAN_PLAN, QWEN_PLAN, FLUX_PLAN, LTX_PLAN = (a.plan for a in (WanSPAdapter, QwenSPAdapter, FluxSPAdapter,
+                                                                 LTXSPAdapter))
 
     wan = dict(WAN_PLAN.shards)
     assert callable(wan.pop("patch_embedding")[OUTPUT])  # moved off blocks.0, where diffusers splits
