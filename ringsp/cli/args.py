@@ -106,7 +106,7 @@ def add_generation_args(p, title="generation"):
                      "the negative prompt; FLUX.1-dev: its distilled guidance, no negative pass); default: the model's")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, help="frames per second of the video; default: the model's (16 for "
-                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B)")
+                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B, 25 for LTX-Video)")
     gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
     return gen
 

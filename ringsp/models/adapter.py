@@ -17,10 +17,11 @@ from .sp_hooks import HookSet, call_arg, check_adapter_target, check_precision_n
 class SPAdapter:
     """Puts one transformer under sequence parallelism as `plan` says; `remove()` undoes it."""
 
-    plan = None  # each model's SPPlan, set by its subclass
+    make_plan = None  # () -> the model's SPPlan, set by its subclass (built on first use: no diffusers import before)
 
     def __init__(self, transformer, ctx, check_inputs=True, attention_precision=None):
         check_adapter_target(transformer, ctx)
+        self.plan = self.make_plan()
         self.transformer, self.ctx = transformer, ctx
         self.groups = SPGroups.of(ctx)  # by name: what the SP ops take
         self.attention_precision = check_precision_name(attention_precision)
@@ -95,8 +96,7 @@ class SPAdapter:
 
     # -- attention -----------------------------------------------------------------------
     def joint_attention(self, image, text):
-        """SP attention of the image shard (q, k, v) [B, S_local, H, D] with the replicated
-        text (q, k, v) [B, T, H, D], honouring the text mask: (image out, text out)."""
+        """(image out, text out): the image shard's q, k, v with the replicated text's, text mask honoured."""
         plan = self.call.text
         order = None if plan is None else plan.order
         if order is not None:

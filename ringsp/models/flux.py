@@ -8,12 +8,14 @@ its ids stay whole on every rank. ControlNet residuals (both block kinds) are sp
 runs over [text; image shard] concatenated, the text first: "prefix" attention, whose text
 part every rank computes alike, so the text stays identical on every rank.
 """
+import functools
+
 import torch
 
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, LazyPlan, SPPlan, Split, check_residuals, image_side, packed_latents
+from .plan import Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents
 
 
 def _check(adapter, args):
@@ -70,6 +72,7 @@ def _prefix_qkv(attn, states, rotary):
     return qkv if rotary is None else _rotate(qkv, rotary)
 
 
+@functools.cache
 def _plan():
     from diffusers import FluxTransformer2DModel
 
@@ -85,4 +88,4 @@ def _plan():
 
 
 class FluxSPAdapter(SPAdapter):
-    plan = LazyPlan(_plan)
+    make_plan = staticmethod(_plan)

@@ -8,12 +8,14 @@ sharded. `transformer_blocks.*.attn1` is self-attention over the video tokens;
 `transformer_blocks.*.attn2` is cross-attention to the text (replicated keys, its mask
 applied by diffusers, local queries): left alone.
 """
+import functools
+
 import torch
 
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import Attention, Call, LazyPlan, SPPlan, Split, image_side, packed_latents
+from .plan import Attention, Call, SPPlan, Split, image_side, packed_latents
 
 
 def _check(adapter, args):
@@ -51,6 +53,7 @@ def _qkv(attn, states, rotary):
     return tuple(x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))
 
 
+@functools.cache
 def _plan():
     from diffusers import LTXVideoTransformer3DModel
 
@@ -66,4 +69,4 @@ def _plan():
 
 
 class LTXSPAdapter(SPAdapter):
-    plan = LazyPlan(_plan)
+    make_plan = staticmethod(_plan)

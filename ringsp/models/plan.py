@@ -34,10 +34,7 @@ class Split:
         return shard_sequence(x, ctx, dim=self.dim)
 
 
-@dataclass(frozen=True)
-class Gather:
-    """The module's output is gathered along `dim` from every rank and cut to the image tokens."""
-    dim: int
+Gather = namedtuple("Gather", "dim")  # the module's output gathered along dim, cut to the image tokens
 
 
 @dataclass
@@ -58,24 +55,10 @@ class SPPlan:
     agreed: tuple = ()          # forward arguments fingerprinted across ranks
 
 
-class LazyPlan:
-    """An adapter's `plan` attribute, built by make() on first use: importing a model's module
-    imports no diffusers model (its `_cp_plan` is read when the first adapter needs it)."""
-
-    def __init__(self, make):
-        self._make, self._plan = make, None
-
-    def __get__(self, obj, cls):
-        if self._plan is None:
-            self._plan = self._make()
-        return self._plan
-
-
 def image_side(cp_plan, text_outputs=(), replace=None):
-    """The shard entries of a diffusers `_cp_plan` that ringsp keeps: text arguments
-    (TEXT_ARGS) and the outputs named in text_outputs ((path, index)) are dropped, because
-    ringsp replicates text. replace {cp path: {path: entries}} moves an entry, e.g. off a
-    repeated block whose hook would run inside its compiled graph (a second graph for block 0)."""
+    """The shard entries of a diffusers `_cp_plan` without its text side (TEXT_ARGS, and the
+    outputs text_outputs names as (path, index)): ringsp replicates text. replace {cp path:
+    {path: entries}} moves an entry, e.g. off a repeated block (its hook would be compiled in)."""
     from diffusers.models._modeling_parallel import ContextParallelOutput
 
     shards = {}

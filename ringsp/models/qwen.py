@@ -4,6 +4,7 @@ text's), Edit-2511's per-token `modulate_index` and proj_out; the packed image t
 Edit's reference images) are split before `img_in`, not at the first block, and ControlNet
 residuals too. The blocks' attention is joint: the text stream stays identical on every rank.
 """
+import functools
 import hashlib
 import math
 
@@ -13,7 +14,7 @@ from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
 from .plan import (
-    Attention, Call, LazyPlan, SPPlan, Split, check_residuals, image_side, packed_latents, text_plan,
+    Attention, Call, SPPlan, Split, check_residuals, image_side, packed_latents, text_plan,
 )
 
 _MASK_CACHE_SIZE = 4  # cond + uncond masks, with room for a second expert or request
@@ -139,6 +140,7 @@ def _qkv(attn, image_states, text_states, rotary):
     return image, text
 
 
+@functools.cache
 def _plan():
     from diffusers import QwenImageTransformer2DModel
 
@@ -154,4 +156,4 @@ def _plan():
 
 
 class QwenSPAdapter(SPAdapter):
-    plan = LazyPlan(_plan)
+    make_plan = staticmethod(_plan)

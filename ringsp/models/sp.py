@@ -1,9 +1,7 @@
 """`enable_sequence_parallel` / `disable_sequence_parallel`: the pipeline layer's entry points.
-
-Given a transformer, or a diffusers pipeline holding one (`transformer`, and for Wan2.2 A14B
-also `transformer_2`), they put each supported transformer under sequence parallelism with
-the model's adapter, or take it out again. The adapter lives on the module as
-`_ringsp_sp_adapter`, so enabling twice is refused and disabling finds what to undo.
+They put each supported transformer of their argument (itself, or a pipeline's `transformer`
+and `transformer_2`) under its model's adapter, or take it out again. The adapter lives on the
+module as `_ringsp_sp_adapter`, so enabling twice is refused and disabling finds what to undo.
 """
 import importlib
 

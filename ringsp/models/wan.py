@@ -4,6 +4,7 @@ computed sharded) and proj_out; the patch tokens are split where `patch_embeddin
 (diffusers: at blocks.0's input, the same tensor). attn1 is self-attention over the whole
 sequence; attn2 (text and I2V image tokens: replicated keys, local queries) is left alone.
 """
+import functools
 import math
 
 import torch
@@ -12,7 +13,7 @@ from ringsp.parallel import shard_sequence
 from ringsp.parallel.agreement import describe
 
 from .adapter import SPAdapter
-from .plan import OUTPUT, Attention, Call, LazyPlan, SPPlan, image_side
+from .plan import OUTPUT, Attention, Call, SPPlan, image_side
 
 
 def _shard_patches(patches, ctx):
@@ -58,6 +59,7 @@ def _qkv(attn, states, rotary):
     return q, k, v
 
 
+@functools.cache
 def _plan():
     from diffusers import WanTransformer3DModel
 
@@ -70,7 +72,7 @@ def _plan():
 
 
 class WanSPAdapter(SPAdapter):
-    plan = LazyPlan(_plan)
+    make_plan = staticmethod(_plan)
 
 
 def wan_token_count(latent_shape, patch_size=(1, 2, 2)):

@@ -19,7 +19,7 @@ def test_each_plan_splits_the_image_side_only():
     from ringsp.models.qwen import QwenSPAdapter
     from ringsp.models.wan import WanSPAdapter
 
-    WAN_PLAN, QWEN_PLAN, FLUX_PLAN, LTX_PLAN = (a.plan for a in (WanSPAdapter, QwenSPAdapter, FluxSPAdapter,
+    WAN_PLAN, QWEN_PLAN, FLUX_PLAN, LTX_PLAN = (a.make_plan() for a in (WanSPAdapter, QwenSPAdapter, FluxSPAdapter,
                                                                  LTXSPAdapter))
 
     wan = dict(WAN_PLAN.shards)
@@ -67,10 +67,10 @@ def test_the_adapter_refuses_a_plan_that_does_not_fit_the_model():
     check = lambda adapter, args: None  # noqa: E731
 
     class Missing(SPAdapter):
-        plan = SPPlan("Wan", check, {"no_such_module": {"x": Split(1)}}, {})
+        make_plan = staticmethod(lambda: SPPlan("Wan", check, {"no_such_module": {"x": Split(1)}}, {}))
 
     class BadKind(SPAdapter):
-        plan = SPPlan("Wan", check, {}, {"blocks.*.attn1": Attention("sideways")})
+        make_plan = staticmethod(lambda: SPPlan("Wan", check, {}, {"blocks.*.attn1": Attention("sideways")}))
 
     with pytest.raises(ValueError, match="no module 'no_such_module'"):
         Missing(model, offline_ctx())

@@ -147,8 +147,10 @@ def _extra_parts(path, index):
 
     parts, notes = {}, []
     edit = QWEN_PIPELINE_CLASSES[index["_class_name"]]
+    from transformers.utils import is_torchvision_available
+
     if edit and listed(index, "processor") and index["processor"] == ["transformers", "Qwen2VLProcessor"] \
-            and not _video_processors_available():
+            and not is_torchvision_available():
         from .qwen_text import QwenImageTextProcessor
 
         try:
@@ -158,12 +160,6 @@ def _extra_parts(path, index):
         notes.append("processor: Qwen2VLProcessor's image and text parts (QwenImageTextProcessor); its video part "
                      "needs torchvision, which is not installed")
     return parts, notes
-
-
-def _video_processors_available():
-    from transformers.utils import is_torchvision_available
-
-    return is_torchvision_available()
 
 
 FAMILY = Family(QWEN_NAMES, tuple(QWEN_PIPELINE_CLASSES), qwen_info, inspect_qwen_dir, build_qwen_pipeline,
