@@ -82,7 +82,7 @@ def test_sp_generate_equals_single_process(ltx_model_dir, world, layouts):
 
 def test_dummy_model_name_and_directory_defaults(ltx_model_dir):
     req = parse_request(["--model", "tiny-ltx-video", "--device", "cpu", "--no-output"], env={})
-    assert (req.height, req.width, req.num_frames, req.media) == (96, 160, 17, "video")
+    assert (req.height, req.width, req.num_frames, req.media, req.fps) == (96, 160, 17, "video", 25.0)
     for argv in (["--model-path", ltx_model_dir], ["--model", "ltx-video", "--dummy-weights"]):
         req = parse_request(argv + ["--device", "cpu", "--no-output"], env={})
         assert (req.height, req.width, req.num_frames, req.steps, req.guidance_scale) == \
