@@ -16,7 +16,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def test_defaults_sizes_and_bad_arguments():
     args = bench.parse_args([])
-    assert (args.model, args.dtype, args.iters) == ("flux.1-dev", "bf16", 5)
+    assert (args.model, args.dtype, args.iters, args.text_len) == ("flux.1-dev", "bf16", 5, 512)
+    assert bench.parse_args(["--model", "ltx-video"]).text_len == 128
     assert bench.pixel_size(args, "flux") == (1024, 1024) and bench.pixel_size(args, "ltx") == (512, 768, 97)
     assert bench.family_of("tiny-ltx-video") == "ltx" and bench.family_of("flux.1-dev") == "flux"
     for argv in (["--iters", "0"], ["--compile", "all"], ["--device", "tpu"], ["--text-len", "0"]):
@@ -50,7 +51,8 @@ def test_whole_run_on_cpu(tmp_path, model, size, world):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)] \
         if world > 1 else [sys.executable]
     cmd = launcher + ["-m", "ringsp_bench.dit_forward", "--device", "cpu", "--model", model, "--size", size,
-                      "--text-len", "7", "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--json", str(out)]
+                      "--text-len", "7", "--iters", "1", "--warmup", "0", "--dtype", "fp32", "--skip-diffusers-cp",
+                      "--json", str(out)]
     if world == 1:
         cmd.append("--compile")
     proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)
@@ -62,3 +64,4 @@ def test_whole_run_on_cpu(tmp_path, model, size, world):
     ringsp_rows = [r for r in rows if r["impl"] == "ringsp"]
     assert len(ringsp_rows) == 2  # world 1: eager and compiled; world 2: u2r1 and u1r2
     assert all(r["max_rel_err"] < 1e-4 for r in ringsp_rows)
+    assert [r["impl"] for r in rows].count("diffusers-1gpu") == (2 if world == 1 else 1)
