@@ -25,6 +25,15 @@ def single(argv):
     return run_rank(request(argv), distributed=False, quiet=True, keep_tensors=True)
 
 
+def check_sp_generate(argv, world, layouts, frames_shape, media):
+    """The generation of argv on `world` gloo ranks in each layout equals the single-process one."""
+    from tests.mp_pool import run_distributed
+
+    ref = single(argv)
+    assert ref.frames.shape == frames_shape and ref.frames.std() > 0.01
+    assert_equal_to_single(run_distributed(world, run_layouts, argv, layouts, timeout=300), ref, layouts, world, media)
+
+
 def assert_equal_to_single(results, ref, layouts, world, media):
     assert all(x is None for rank in results[1:] for x in rank)  # only rank 0 returns
     for (u, r, cfg), (latents, frames, report) in zip(layouts, results[0]):

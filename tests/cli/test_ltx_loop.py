@@ -9,9 +9,8 @@ import torch
 from ringsp.cli.args import UsageError, parse_request
 from ringsp.cli.generation import GenerationParams, generate
 from ringsp.cli.timing import STAGES, StageTimer
-from tests.mp_pool import run_distributed
 
-from .sp_generation import assert_equal_to_single, run_layouts, single
+from .sp_generation import check_sp_generate
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +72,7 @@ ARGV = ["--device", "cpu", "--no-output", "--steps", "2", "--seed", "5", "--prom
 
 @pytest.mark.parametrize("world, layouts", [(2, [(1, 2, 1), (1, 1, 2)]), (3, [(3, 1, 1)]), (4, [(2, 2, 1)])])
 def test_sp_generate_equals_single_process(ltx_model_dir, world, layouts):
-    argv = ["--model-path", ltx_model_dir] + ARGV
-    ref = single(argv)
-    assert ref.frames.shape == (17, 96, 160, 3) and ref.frames.std() > 0.01
-    results = run_distributed(world, run_layouts, argv, layouts, timeout=300)
-    assert_equal_to_single(results, ref, layouts, world, "video")
+    check_sp_generate(["--model-path", ltx_model_dir] + ARGV, world, layouts, (17, 96, 160, 3), "video")
 
 
 def test_dummy_model_name_and_directory_defaults(ltx_model_dir):

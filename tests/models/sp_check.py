@@ -50,6 +50,16 @@ def assert_matches(per_rank, cases, token_counts):
         assert all(torch.equal(a, b) for t in texts for a, b in zip(t, texts[0])), case
 
 
+def errors_under_sp(ctx, model, forward, good, bad_calls):
+    """{name: (type, message) or None} of every bad call under SP, and "usable_after": the
+    output shape of a good call once SP is disabled again."""
+    ringsp.enable_sequence_parallel(model, ctx)
+    out = {key: error_of(forward, model, kwargs) for key, kwargs in bad_calls.items()}
+    ringsp.disable_sequence_parallel(model)
+    out["usable_after"] = tuple(forward(model, good)[0].shape)
+    return out
+
+
 def offline_ctx():
     """A context of one rank with no process group (enabling runs no collective)."""
     cpu = torch.device("cpu")

@@ -17,7 +17,7 @@ import ringsp  # noqa: E402
 from tests.mp_pool import run_distributed  # noqa: E402
 
 from . import flux_cases as fc  # noqa: E402
-from .sp_check import assert_matches, compare, error_of, hook_counts, offline_ctx  # noqa: E402
+from .sp_check import assert_matches, compare, errors_under_sp, hook_counts, offline_ctx  # noqa: E402
 
 
 def _sp_vs_single(u, r):
@@ -51,11 +51,7 @@ def _errors_on_every_rank():
         "txt_ids": dict(good, txt_ids=torch.zeros(5, 3)),
         "ip_adapter": dict(good, joint_attention_kwargs={"ip_adapter_image_embeds": [torch.zeros(1, 4)]}),
     }
-    ringsp.enable_sequence_parallel(model, ctx)
-    out = {key: error_of(fc.forward_with_text, model, kwargs) for key, kwargs in bad_calls.items()}
-    ringsp.disable_sequence_parallel(model)
-    out["usable_after"] = tuple(fc.forward_with_text(model, good)[0].shape)
-    return out
+    return errors_under_sp(ctx, model, fc.forward_with_text, good, bad_calls)
 
 
 def test_bad_inputs_fail_on_every_rank():

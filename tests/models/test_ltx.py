@@ -15,7 +15,7 @@ import ringsp  # noqa: E402
 from tests.mp_pool import run_distributed  # noqa: E402
 
 from . import ltx_cases as lc  # noqa: E402
-from .sp_check import assert_matches, compare, error_of, hook_counts, offline_ctx  # noqa: E402
+from .sp_check import assert_matches, compare, errors_under_sp, hook_counts, offline_ctx  # noqa: E402
 
 
 def _sp_vs_single(u, r):
@@ -58,11 +58,7 @@ def _errors_on_every_rank():
         "per_token_len": dict(good, timestep=torch.zeros(1, 7)),
         "mask_shape": dict(good, encoder_attention_mask=torch.ones(1, 4)),
     }
-    ringsp.enable_sequence_parallel(model, ctx)
-    out = {key: error_of(lc.forward, model, kwargs) for key, kwargs in bad_calls.items()}
-    ringsp.disable_sequence_parallel(model)
-    out["usable_after"] = tuple(lc.forward(model, good)[0].shape)
-    return out
+    return errors_under_sp(ctx, model, lc.forward, good, bad_calls)
 
 
 def test_bad_inputs_fail_on_every_rank():
