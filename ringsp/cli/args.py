@@ -22,8 +22,6 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".gif")
 IMAGE_SUFFIXES = (".png",)
-# Qwen-Image's text encoder takes at most this many prompt tokens (diffusers refuses more).
-QWEN_MAX_SEQUENCE_LENGTH = 1024
 DEFAULT_PROMPT = "a cat is playing piano"
 # The largest seed torch.Generator.manual_seed takes (negative ones alias 2**64 + seed: refused).
 MAX_SEED = 2**64 - 1
@@ -56,16 +54,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Generate a video (Wan) or an image (Qwen-Image, Qwen-Image-Edit) under "
-                "sequence parallelism and print the stage time breakdown and peak memory. With no arguments: a "
-                "built-in tiny Wan model on 2 CPU processes, checked against one process; --output, --no-output and "
-                "--json alone keep that demo.")
+    p = _Parser(prog=PROG, description="Generate a video (Wan, LTX-Video) or an image (Qwen-Image, Qwen-Image-Edit, "
+                "FLUX.1) under sequence parallelism and print the stage time breakdown and peak memory. With no "
+                "arguments: a built-in tiny Wan model on 2 CPU processes, checked against one process; --output, "
+                "--no-output and --json alone keep that demo.")
     add_model_args(p)
     add_generation_args(p)
     add_parallel_args(p)
     run = add_run_args(p)
     out = run.add_mutually_exclusive_group()
-    out.add_argument("--output", metavar="FILE", help="Wan: a video (mp4 via imageio-ffmpeg); Qwen: a .png image; "
+    out.add_argument("--output", metavar="FILE", help="video models: a video (mp4 via imageio-ffmpeg); image "
+                     "models: a .png image; "
                      "default: outputs/<model>_<config>.mp4 / .png")
     out.add_argument("--no-output", action="store_true", help="do not write the video / image")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output file (without it, "
@@ -80,11 +79,12 @@ def add_model_args(p):
     model = p.add_argument_group("model")
     src = model.add_mutually_exclusive_group()
     src.add_argument("--model-path", metavar="DIR", help="local diffusers directory of a WanPipeline, "
-                     "QwenImagePipeline or QwenImageEditPipeline (the kind is read from its model_index.json)")
+                     "QwenImagePipeline, QwenImageEditPipeline, FluxPipeline or LTXPipeline (the kind is read from its "
+                     "model_index.json)")
     src.add_argument("--model", choices=MODEL_NAMES, help="published config (with --dummy-weights) or a tiny model")
     model.add_argument("--dummy-weights", action="store_true",
-                       help="random weights of the published shapes (a small random text encoder stands in for "
-                       "UMT5-XXL / Qwen2.5-VL-7B)")
+                       help="random weights of the published shapes (small random text encoders stand in for "
+                       "UMT5-XXL / Qwen2.5-VL-7B / CLIP-L and T5-XXL)")
     model.add_argument("--full-text-encoder", action="store_true",
                        help="with --dummy-weights: build the full text encoder (random) instead")
 
@@ -99,13 +99,14 @@ def add_generation_args(p, title="generation"):
                      "(default: 1048576 = 1024 x 1024, as diffusers does; tiny models: 4096)")
     gen.add_argument("--height", type=int, help="pixels; default: the model's (edit: the resized input image's)")
     gen.add_argument("--width", type=int, help="pixels; default: the model's (edit: the resized input image's)")
-    gen.add_argument("--num-frames", type=int, help="4k+1 for Wan, 1 for Qwen-Image; default: the model's")
+    gen.add_argument("--num-frames", type=int, help="4k+1 for Wan, 8k+1 for LTX-Video, 1 for image models; "
+                     "default: the model's")
     gen.add_argument("--steps", type=int, help="denoising steps; default: the model's")
     gen.add_argument("--guidance-scale", type=float, help="CFG scale (> 1: guidance on; Qwen: true_cfg_scale with "
-                     "the negative prompt); default: the model's")
+                     "the negative prompt; FLUX.1-dev: its distilled guidance, no negative pass); default: the model's")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, help="frames per second of the video; default: the model's (16 for "
-                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B)")
+                     "Wan2.1 and Wan2.2 A14B, 24 for Wan2.2-TI2V-5B, 25 for LTX-Video)")
     gen.add_argument("--max-sequence-length", type=int, help="text tokens; default: the model's (512)")
     return gen
 
@@ -271,8 +272,7 @@ def _sizes(args, info, reference_size, name):
     for field in ("steps", "max_sequence_length"):
         if sizes[field] < 1:
             raise UsageError(f"{name(field)} must be >= 1, got {sizes[field]}", field)
-    if info.family == "qwen":
-        _check_qwen(sizes, args.warmup_steps, name)
+    _check_model_limits(sizes, args, info, name)
     if not sizes["guidance_scale"] >= 0:
         raise UsageError(f"{name('guidance_scale')} must be >= 0, got {sizes['guidance_scale']}", "guidance_scale")
     if args.warmup_steps < 0:
@@ -294,15 +294,22 @@ def _fps(args, info, name):
     return fps
 
 
-def _check_qwen(sizes, warmup_steps, name):
-    # Qwen-Image's scheduler stretches the sigmas to its terminal shift: one step makes 0 / 0.
-    for field, value in (("steps", sizes["steps"]), ("warmup_steps", warmup_steps)):
-        if value == 1:
-            raise UsageError(f"{name(field)} 1: Qwen-Image's scheduler needs at least 2 steps (one gives NaN sigmas)",
-                             field)
-    if sizes["max_sequence_length"] > QWEN_MAX_SEQUENCE_LENGTH:
-        raise UsageError(f"{name('max_sequence_length')} {sizes['max_sequence_length']}: Qwen-Image takes at most "
-                         f"{QWEN_MAX_SEQUENCE_LENGTH} text tokens", "max_sequence_length")
+def _check_model_limits(sizes, args, info, name):
+    # Schedulers that stretch the sigmas to a terminal shift (Qwen-Image, LTX-Video): one step makes 0 / 0.
+    for field, value in (("steps", sizes["steps"]), ("warmup_steps", args.warmup_steps)):
+        if 0 < value < info.min_steps:
+            raise UsageError(f"{name(field)} {value}: {info.name}'s scheduler needs at least {info.min_steps} steps "
+                             "(one gives NaN sigmas)", field)
+    limit = info.max_text_tokens
+    if limit is not None and sizes["max_sequence_length"] > limit:
+        raise UsageError(f"{name('max_sequence_length')} {sizes['max_sequence_length']}: {info.name} takes at most "
+                         f"{limit} text tokens", "max_sequence_length")
+    if info.guidance != "cfg":  # guidance-distilled (or unguided) FLUX.1: no negative pass to run or split
+        for field, given in (("cfg_parallel", getattr(args, "cfg_parallel", False)),
+                             ("negative_prompt", args.negative_prompt)):
+            if given:
+                raise UsageError(f"{name(field)}: {info.name} runs no negative pass (FLUX.1 is distilled: "
+                                 f"{name('guidance_scale')} is an input of its transformer, or unused)", field)
 
 
 def _check_frames(num_frames, info, name):

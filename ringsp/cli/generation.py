@@ -7,9 +7,10 @@ conditional and unconditional passes on the two halves of the world:
     result = generate(pipe, params, ctx=None, timer=StageTimer(), progress=True)
 
 What differs between models (prompt encoding, latent shapes, the transformer call, the
-guidance formula, latent (de)normalisation) is a model run: `wan_loop.WanRun` for
-WanPipeline, `qwen_loop.QwenRun` for QwenImagePipeline / QwenImageEditPipeline. This module
+guidance formula, latent (de)normalisation) is a model run, one module per family (RUNS):
+`wan_loop.WanRun`, `qwen_loop.QwenRun`, `flux_loop.FluxRun`, `ltx_loop.LTXRun`. This module
 holds what they share: the stages, the denoising loop, CFG parallelism, the VAE decode.
+A run whose guidance is not classifier-free (guidance-distilled FLUX.1) says `cfg = False`.
 
 Every rank of a group runs it with the same arguments and keeps identical latents: the
 noise is drawn on the CPU from the seed and then moved, the sequence-parallel transformer
@@ -33,7 +34,7 @@ class GenerationParams:
     width: int | None = 832
     num_frames: int = 81             # 1 for image models
     steps: int = 50
-    guidance_scale: float = 5.0      # CFG scale (Qwen: true_cfg_scale); > 1 turns CFG on
+    guidance_scale: float = 5.0      # CFG scale (Qwen: true_cfg_scale; > 1 turns CFG on); FLUX.1-dev: embedded
     seed: int = 0
     max_sequence_length: int = 512
     parallel_vae: bool = True
@@ -49,20 +50,21 @@ class GenerationResult:
     notes: list = field(default_factory=list)
 
 
+# diffusers pipeline class -> (module of its run, the run class)
+RUNS = {"WanPipeline": ("wan_loop", "WanRun"), "QwenImagePipeline": ("qwen_loop", "QwenRun"),
+        "QwenImageEditPipeline": ("qwen_loop", "QwenRun"), "FluxPipeline": ("flux_loop", "FluxRun"),
+        "LTXPipeline": ("ltx_loop", "LTXRun")}
+
+
 def model_run(pipe, params, device):
-    """The model run (see the module doc) for this pipeline."""
-    from diffusers import QwenImageEditPipeline, QwenImagePipeline, WanPipeline
+    """The model run (see the module doc) for this pipeline (or a subclass of a supported one)."""
+    import importlib
 
-    if isinstance(pipe, WanPipeline):
-        from .wan_loop import WanRun
-
-        return WanRun(pipe, params, device)
-    if isinstance(pipe, (QwenImagePipeline, QwenImageEditPipeline)):
-        from .qwen_loop import QwenRun
-
-        return QwenRun(pipe, params, device)
-    raise TypeError(f"pipe must be a diffusers WanPipeline, QwenImagePipeline or QwenImageEditPipeline, "
-                    f"got {type(pipe).__name__}")
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in RUNS:
+            module, run = RUNS[cls.__name__]
+            return getattr(importlib.import_module(f".{module}", __package__), run)(pipe, params, device)
+    raise TypeError(f"pipe must be a diffusers {', '.join(RUNS)}, got {type(pipe).__name__}")
 
 
 @torch.no_grad()
@@ -72,7 +74,7 @@ def generate(pipe, params, ctx=None, timer=None, progress=False):
     device = ctx.device if ctx is not None else main_transformer(pipe).device
     run = model_run(pipe, params, device)
     cfg_rank = _cfg_rank(ctx)
-    do_cfg = params.guidance_scale > 1.0
+    do_cfg = params.guidance_scale > 1.0 and getattr(run, "cfg", True)
     if cfg_rank is not None and not do_cfg:
         raise ValueError("CFG parallelism needs classifier-free guidance (guidance_scale > 1)")
     with timer.stage("InputValidation"):
@@ -152,8 +154,21 @@ def _decode(vae, z, params, ctx, notes):
     several ranks and params allow it."""
     rank = ctx.rank if ctx is not None else 0
     if ctx is not None and ctx.world_size > 1 and params.parallel_vae:
-        return _parallel_decode(vae, z, params, notes)
+        if _parallel_decodable(vae):
+            return _parallel_decode(vae, z, params, notes)
+        notes.append(f"parallel VAE decode supports the Wan and Qwen-Image VAEs, not {type(vae).__name__}: "
+                     "rank 0 decoded alone")
     return vae.decode(z, return_dict=False)[0] if rank == 0 else None
+
+
+def _parallel_decodable(vae):
+    from ringsp.vae.families import family_of
+
+    try:
+        family_of(vae)
+    except TypeError:
+        return False
+    return True
 
 
 def _parallel_decode(vae, z, params, notes):

@@ -216,7 +216,7 @@ def _broadcast_weights(pipe):
     """Random weights made on accelerators are only as alike as their RNGs: make them rank 0's."""
     import torch.distributed as dist
 
-    for name in ("transformer", "transformer_2", "text_encoder", "vae"):
+    for name in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "vae"):
         module = getattr(pipe, name, None)
         if module is None:
             continue

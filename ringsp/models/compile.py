@@ -28,12 +28,13 @@ from torch.utils import _pytree as pytree
 import ringsp_kernels as rk
 from ringsp.parallel.sp_op import CUDAGRAPH_UNSAFE
 
+from .sp import pipeline_transformers
+
 MODES = ("regional", "full")
 # torch.compile's backend where the caller names none: RINGSP_COMPILE_BACKEND (ringsp_kernels.settings), else
 # Inductor. Tests set aot_eager to check the whole path without Inductor's C++ build (minutes on 2 cores).
 CUDA_GRAPH_WARMUP_FORWARDS = 3  # uncaptured, recording, first replay
 _ATTR = "_ringsp_compiled"
-_PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")
 
 
 def compile_transformer(transformer, mode="regional", cuda_graphs=False, **compile_kwargs):
@@ -90,11 +91,7 @@ def compiled_mode(transformer):
 
 def compile_pipeline(pipe, mode="regional", cuda_graphs=False, **compile_kwargs):
     """compile_transformer on each transformer a pipeline holds (Wan2.2 A14B has two); returns pipe."""
-    found = []
-    for attr in _PIPELINE_TRANSFORMERS:
-        module = getattr(pipe, attr, None)
-        if module is not None and not any(module is m for m in found):
-            found.append(module)
+    found = pipeline_transformers(pipe)
     if not found:
         raise TypeError(f"pipe must hold a transformer, got {type(pipe).__name__}")
     for module in found:

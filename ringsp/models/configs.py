@@ -119,7 +119,8 @@ TINY_TRANSFORMERS = {
 
 def transformer_config(name):
     """A fresh copy of the named transformer config (published or tiny)."""
-    table = {**TRANSFORMERS, **TINY_TRANSFORMERS, **QWEN_TRANSFORMERS, **TINY_QWEN_TRANSFORMERS}
+    table = {**TRANSFORMERS, **TINY_TRANSFORMERS, **QWEN_TRANSFORMERS, **TINY_QWEN_TRANSFORMERS,
+             **FLUX_TRANSFORMERS, **LTX_TRANSFORMERS}
     if name not in table:
         raise ValueError(f"unknown transformer config name {name!r}; known: {sorted(table)}")
     return copy.deepcopy(table[name])
@@ -127,7 +128,7 @@ def transformer_config(name):
 
 def vae_config(name):
     """A fresh copy of the named VAE config."""
-    table = {**VAES, **QWEN_VAES}
+    table = {**VAES, **QWEN_VAES, **FLUX_VAES, **LTX_VAES}
     if name not in table:
         raise ValueError(f"unknown VAE config name {name!r}; known: {sorted(table)}")
     return copy.deepcopy(table[name])
@@ -201,3 +202,51 @@ def qwen_model_spec(name):
     if name not in QWEN_MODELS:
         raise ValueError(f"unknown Qwen model name {name!r}; known: {sorted(QWEN_MODELS)}")
     return copy.deepcopy(QWEN_MODELS[name])
+
+
+# ------------------------------------------------------------------------------ Flux.1, LTX-Video
+# `transformer/config.json` and `vae/config.json` of black-forest-labs/FLUX.1-dev (11.9B; the
+# published single-file config of the same model agrees: 19 + 38 blocks, 24 heads of 128).
+FLUX_TRANSFORMERS = {
+    "flux.1-dev": {"patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+                   "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                   "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]},
+    # 3 heads (Ulysses 2 pads heads), head dim 16 = 4 + 6 + 6 over the rotary axes (index, height,
+    # width); 16 packed input channels = 4 latent x 2 x 2.
+    "tiny-flux": {"patch_size": 1, "in_channels": 16, "out_channels": None, "num_layers": 2, "num_single_layers": 2,
+                  "attention_head_dim": 16, "num_attention_heads": 3, "joint_attention_dim": 24,
+                  "pooled_projection_dim": 20, "guidance_embeds": True, "axes_dims_rope": [4, 6, 6]},
+}
+FLUX_VAES = {
+    "flux.1": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+               "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+               "layers_per_block": 2, "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32,
+               "sample_size": 1024,
+               "scaling_factor": 0.3611, "shift_factor": 0.1159, "force_upcast": True, "use_quant_conv": False,
+               "use_post_quant_conv": False, "mid_block_add_attention": True},
+    # 8x spatial as the real one, toy widths
+    "tiny-flux": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                  "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [8, 8, 8, 8], "layers_per_block": 1,
+                  "latent_channels": 4, "norm_num_groups": 4, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+                  "use_quant_conv": False, "use_post_quant_conv": False},
+}
+# Lightricks/LTX-Video (2B, 0.9.0): its transformer and VAE configs are diffusers' defaults of
+# LTXVideoTransformer3DModel and AutoencoderKLLTXVideo (32x spatial, 8x temporal, 128 latent channels).
+LTX_TRANSFORMERS = {
+    "ltx-video": {"in_channels": 128, "out_channels": 128, "patch_size": 1, "patch_size_t": 1,
+                  "num_attention_heads": 32, "attention_head_dim": 64, "cross_attention_dim": 2048, "num_layers": 28,
+                  "activation_fn": "gelu-approximate", "qk_norm": "rms_norm_across_heads",
+                  "norm_elementwise_affine": False, "norm_eps": 1e-6, "caption_channels": 4096, "attention_bias": True,
+                  "attention_out_bias": True},
+    # 3 heads of 12 (the rotary splits the inner dim 36 over 3 axes in pairs: 36 % 6 == 0)
+    "tiny-ltx-video": {"in_channels": 8, "out_channels": 8, "patch_size": 1, "patch_size_t": 1,
+                       "num_attention_heads": 3, "attention_head_dim": 12, "cross_attention_dim": 36, "num_layers": 2,
+                       "caption_channels": 24},
+}
+LTX_VAES = {
+    "ltx-video": {},  # diffusers' defaults
+    # the real 32x spatial / 8x temporal structure at toy widths
+    "tiny-ltx-video": {"latent_channels": 8, "block_out_channels": [8, 8, 8, 8],
+                       "decoder_block_out_channels": [8, 8, 8, 8], "layers_per_block": [1, 1, 1, 1, 1],
+                       "decoder_layers_per_block": [1, 1, 1, 1, 1]},
+}

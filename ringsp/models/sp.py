@@ -1,32 +1,35 @@
 """`enable_sequence_parallel` / `disable_sequence_parallel`: the pipeline layer's entry points.
-
-Given a transformer, or a diffusers pipeline holding one (`transformer`, and for Wan2.2 A14B
-also `transformer_2`), they put each supported transformer under sequence parallelism with
-the model's adapter, or take it out again. The adapter lives on the module as
-`_ringsp_sp_adapter`, so enabling twice is refused and disabling finds what to undo.
+They put each supported transformer of their argument (itself, or a pipeline's `transformer`
+and `transformer_2`) under its model's adapter, or take it out again. The adapter lives on the
+module as `_ringsp_sp_adapter`, so enabling twice is refused and disabling finds what to undo.
 """
+import importlib
+
 import torch
 
 _ATTR = "_ringsp_sp_adapter"
 PIPELINE_TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 
 
+# diffusers transformer class -> (module of its plan, its adapter class)
+ADAPTERS = {
+    "WanTransformer3DModel": ("wan", "WanSPAdapter"),
+    "QwenImageTransformer2DModel": ("qwen", "QwenSPAdapter"),
+    "FluxTransformer2DModel": ("flux", "FluxSPAdapter"),
+    "LTXVideoTransformer3DModel": ("ltx", "LTXSPAdapter"),
+}
+SUPPORTED = ", ".join(ADAPTERS)
+
+
 def _adapter_class(module):
     """The SP adapter class for this module, or None. diffusers is imported only when needed."""
     try:
-        from diffusers import WanTransformer3DModel
+        import diffusers
     except ImportError:  # diffusers is an optional dependency ("models" extra)
         return None
-    if isinstance(module, WanTransformer3DModel):
-        from .wan import WanSPAdapter
-
-        return WanSPAdapter
-    from diffusers import QwenImageTransformer2DModel
-
-    if isinstance(module, QwenImageTransformer2DModel):
-        from .qwen import QwenSPAdapter
-
-        return QwenSPAdapter
+    for cls_name, (plan_module, adapter) in ADAPTERS.items():
+        if isinstance(module, getattr(diffusers, cls_name)):
+            return getattr(importlib.import_module(f".{plan_module}", __package__), adapter)
     return None
 
 
@@ -34,31 +37,38 @@ def _transformers_of(target, name):
     """The supported transformers target stands for: itself, or a pipeline's transformers."""
     if isinstance(target, torch.nn.Module):
         if _adapter_class(target) is None:
-            raise TypeError(f"{name} must be a supported transformer (diffusers WanTransformer3DModel or "
-                            f"QwenImageTransformer2DModel) or a pipeline holding one, got {type(target).__name__}")
+            raise TypeError(f"{name} must be a supported transformer (diffusers {SUPPORTED}) or a pipeline "
+                            f"holding one, got {type(target).__name__}")
         return [target]
-    found = [getattr(target, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS]
-    found = [m for m in found if m is not None]
+    found = pipeline_transformers(target)
     if not found:
         raise TypeError(f"{name} must be a supported transformer or a pipeline with a `transformer` "
                         f"attribute, got {type(target).__name__}")
     unsupported = [type(m).__name__ for m in found if _adapter_class(m) is None]
     if unsupported:
-        raise TypeError(f"{name} holds transformer(s) with no sequence-parallel adapter: {unsupported}")
+        raise TypeError(f"{name} holds transformer(s) with no sequence-parallel adapter: {unsupported} "
+                        f"(supported: {SUPPORTED})")
+    return found
+
+
+def pipeline_transformers(pipe):
+    """The distinct transformers a pipeline holds (Wan2.2 A14B: transformer and transformer_2)."""
+    found = []
+    for module in (getattr(pipe, attr, None) for attr in PIPELINE_TRANSFORMER_ATTRS):
+        if module is not None and not any(module is m for m in found):
+            found.append(module)
     return found
 
 
 def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, attention_precision=None):
-    """Runs the transformer(s) under sequence parallelism over ctx's SP group.
+    """Runs the transformer(s) under sequence parallelism over ctx's SP group; returns the argument.
 
-    transformer_or_pipeline: a WanTransformer3DModel or QwenImageTransformer2DModel, or a
-    pipeline with `transformer` (and optionally `transformer_2`). ctx: from
-    `ringsp.init_parallel`. check_inputs: compare input shapes across the SP group on every
-    forward (one tiny all_gather) so that ranks that disagree fail with the same ValueError
-    instead of hanging. attention_precision: None (the activations' dtype) or "fp8" / "int8":
-    the SP self-attention runs 8-bit inside (CUDA GPUs only; an unsupported device fails at
-    the first forward on every rank). Measured speed and accuracy: bench/RESULTS.md.
-    Returns transformer_or_pipeline. Undo with `disable_sequence_parallel`.
+    transformer_or_pipeline: a supported diffusers transformer (SUPPORTED) or a pipeline with
+    `transformer` (and optionally `transformer_2`). ctx: from `ringsp.init_parallel`.
+    check_inputs: ranks compare their inputs on every forward (one tiny all_gather), so ranks
+    that disagree fail with the same ValueError instead of hanging. attention_precision: None
+    (the activations' dtype) or "fp8" / "int8": the SP self-attention runs 8-bit inside (CUDA
+    GPUs only; elsewhere the first forward fails on every rank; measured: bench/RESULTS.md).
     """
     modules = _transformers_of(transformer_or_pipeline, "transformer_or_pipeline")
     if any(getattr(m, _ATTR, None) is not None for m in modules):
@@ -67,8 +77,6 @@ def enable_sequence_parallel(transformer_or_pipeline, ctx, check_inputs=True, at
     enabled = []
     try:
         for module in modules:
-            if any(module is m for m in enabled):
-                continue  # a pipeline may hold the same module twice
             adapter = _adapter_class(module)(module, ctx, check_inputs=check_inputs,
                                              attention_precision=attention_precision)
             setattr(module, _ATTR, adapter)

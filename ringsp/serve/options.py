@@ -93,8 +93,8 @@ def _config(args, info, warmup, output_dir, own, demo):
     if info.edit and args.image is None:  # the warm-up of an edit model needs an input image
         args.image = _warmup_image(output_dir, args.image_area or info.defaults.image_area)
     base = request_from_args(args, info, env={})
-    if warmup < 0 or (warmup == 1 and info.family == "qwen"):
-        raise UsageError(f"--warmup-steps must be 0 or >= {2 if info.family == 'qwen' else 1}, got {warmup}")
+    if warmup < 0 or 0 < warmup < info.min_steps:  # Qwen-Image and LTX-Video: one step gives NaN sigmas
+        raise UsageError(f"--warmup-steps must be 0 or >= {info.min_steps}, got {warmup}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     if args.max_queue < 0:

@@ -104,3 +104,25 @@ def qwen_edit_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def input_image(tmp_path_factory):
     return write_test_image(tmp_path_factory.mktemp("images") / "input.png")
+
+
+# ------------------------------------------------------------------------------ FLUX.1, LTX-Video
+# ringsp's own tiny pipelines, saved as a user's --model-path would be. tiny-flux: 48 x 80 pixels
+# -> 3 x 5 = 15 packed tokens; tiny-ltx-video: 96 x 160 pixels x 17 frames -> 3 x 5 x 3 = 45 tokens
+# (uneven on 2 and 4 ranks). Both have 3 heads (Ulysses 2 and 4 pad them).
+@pytest.fixture(scope="session")
+def flux_model_dir(tmp_path_factory):
+    from ringsp.models.pipelines import build_dummy_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-flux-dir")
+    build_dummy_pipeline("tiny-flux", seed=7)[0].save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ltx_model_dir(tmp_path_factory):
+    from ringsp.models.pipelines import build_dummy_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-ltx-dir")
+    build_dummy_pipeline("tiny-ltx-video", seed=7)[0].save_pretrained(str(path))
+    return str(path)

@@ -104,7 +104,8 @@ def test_dir_without_model_index(capsys, tmp_path):
 
 @pytest.mark.parametrize("damage, expected", [
     (lambda d: (d / "model_index.json").write_text("{not json"), "malformed model_index.json"),
-    (lambda d: (d / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"})), "'FluxPipeline'"),
+    (lambda d: (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"})),
+     "'StableDiffusion3Pipeline'"),
     (lambda d: (d / "vae" / "config.json").unlink(), "missing vae/config.json"),
     (lambda d: (d / "transformer" / "config.json").write_text("[1, 2]"), "not a JSON object"),
     (lambda d: (d / "transformer" / "config.json").write_text(json.dumps({"patch_size": [2, 2]})),

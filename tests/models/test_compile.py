@@ -16,7 +16,7 @@ from ringsp.models import compile_transformer, uncompile_transformer  # noqa: E4
 from ringsp.models.compile import compiled_mode, cuda_graphs_problem  # noqa: E402
 from tests.mp_pool import run_distributed  # noqa: E402
 
-from . import qwen_cases, wan_cases  # noqa: E402
+from . import flux_cases, ltx_cases, qwen_cases, wan_cases  # noqa: E402
 
 TOL = wan_cases.TOL
 SP_ATTENTION_OPS = ("sp_attention", "sp_joint_attention")
@@ -28,6 +28,10 @@ WAN_CASES = [("tiny-t2v", (5, 10, 14), 2, "plain"), ("tiny-ti2v", (3, 6, 10), 1,
 QWEN_CASES = [("tiny-qwen", [(1, 4, 5)], 3, 7, "ragged", "plain", "prefix"),
               ("tiny-qwen", [(1, 3, 4)], 2, 9, "holes", "plain", "holes_swapped"),
               ("tiny-qwen-edit-2511", [(1, 4, 6), (1, 3, 5)], 2, 7, "prefix", "edit", "ragged")]
+# Flux: dual- and single-stream blocks; S = 15 and 20.
+FLUX_CASES = [((3, 5), 2, 7, "plain"), ((4, 5), 1, 9, "fused")]
+# LTX: S = 105 with a text mask for the cross-attention (a second mask: no new graph); per-token timesteps.
+LTX_CASES = [((3, 5, 7), 2, 7, "prefix", "plain", "holes"), ((2, 3, 5), 2, 9, "holes", "per_token", "prefix")]
 
 
 def _recording_backend(graphs):
@@ -59,21 +63,21 @@ def _compile(model, how, graphs):
     return compile_transformer(model, how, backend=backend)
 
 
-def _check_graphs(graphs, how, num_blocks, attention_op):
+def _check_graphs(graphs, how, num_blocks, attention_op, block_graphs=1):
     """(graph breaks, one SP attention per block graph) from what Dynamo compiled."""
     from torch._dynamo.utils import counters
 
     breaks = sum(counters["graph_break"].values())
     counts = [_op_counts(g) for g in graphs]
     with_attention = [c for c in counts if any(op in c for op in SP_ATTENTION_OPS)]
-    if how == "regional":  # one block graph, reused by every block
-        ok = len(with_attention) == 1 and with_attention[0] == {attention_op: 1}
+    if how == "regional":  # a graph per block class (and stride layout), reused by every such block
+        ok = len(with_attention) == block_graphs and all(c == {attention_op: 1} for c in with_attention)
     else:  # the whole forward: every block's attention and the final gather in one graph
         ok = len(with_attention) == 1 and with_attention[0] == {attention_op: num_blocks, "sp_gather": 1}
     return breaks, ok
 
 
-def _run_case(model, kwargs, other_kwargs, ctx, how, forward, attention_op, blocks):
+def _run_case(model, kwargs, other_kwargs, ctx, how, forward, attention_op, blocks, block_graphs=1):
     """(rel. error vs diffusers, compiled vs eager SP, graph breaks, graphs ok, recompiled, mode)."""
     from torch._dynamo.utils import counters
 
@@ -88,7 +92,7 @@ def _run_case(model, kwargs, other_kwargs, ctx, how, forward, attention_op, bloc
     out = forward(compiled, kwargs)
     before = len(graphs)
     out_other = forward(compiled, other_kwargs)  # a new mask / new values: no new graph
-    breaks, ok = _check_graphs(graphs, how, len(blocks), attention_op)
+    breaks, ok = _check_graphs(graphs, how, len(blocks), attention_op, block_graphs)
     mode = compiled_mode(model)
     uncompile_transformer(model)
     ringsp.disable_sequence_parallel(model)
@@ -106,7 +110,7 @@ def _qwen_forward(model, kwargs):
         return model(**kwargs)[0]
 
 
-def _compiled_vs_eager(u, r, how, wan_picks, qwen_picks):
+def _compiled_vs_eager(u, r, how, wan_picks, qwen_picks, flux_picks=(), ltx_picks=()):
     ctx = wan_cases.context(u, r)
     results = []
     for name, latent, batch, variant in [WAN_CASES[i] for i in wan_picks]:
@@ -121,6 +125,19 @@ def _compiled_vs_eager(u, r, how, wan_picks, qwen_picks):
                      encoder_hidden_states_mask=_mask(other_mask, batch, text_len))
         results.append(_run_case(model, kwargs, other, ctx, how, _qwen_forward, "sp_joint_attention",
                                  model.transformer_blocks))
+    for grid, batch, text_len, variant in [FLUX_CASES[i] for i in flux_picks]:
+        model = flux_cases.tiny_model(variant)
+        kwargs, other = (flux_cases.tiny_inputs(model, grid, batch, text_len, variant, seed=s) for s in (1, 2))
+        blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+        # regional: 3 block graphs, SP or not: diffusers hands the first single-stream block a whole
+        # tensor and the others a slice of [text; image], a stride Dynamo compiles once more for
+        results.append(_run_case(model, kwargs, other, ctx, how, _qwen_forward, "sp_joint_attention", blocks, 3))
+    for grid, batch, text_len, mask, variant, other_mask in [LTX_CASES[i] for i in ltx_picks]:
+        model = ltx_cases.tiny_model()
+        kwargs = ltx_cases.tiny_inputs(model, grid, batch, text_len, mask, variant)
+        other = ltx_cases.tiny_inputs(model, grid, batch, text_len, other_mask, variant, seed=2)
+        results.append(_run_case(model, kwargs, other, ctx, how, _wan_forward, "sp_attention",
+                                 model.transformer_blocks))
     return results
 
 
@@ -130,8 +147,9 @@ def _mask(kind, batch, text_len):
     return qwen_cases.text_mask(kind, batch, text_len)
 
 
-def _assert_results(per_rank, how, wan_picks, qwen_picks):
-    cases = [WAN_CASES[i] for i in wan_picks] + [QWEN_CASES[i] for i in qwen_picks]
+def _assert_results(per_rank, how, wan_picks, qwen_picks, flux_picks=(), ltx_picks=()):
+    cases = [WAN_CASES[i] for i in wan_picks] + [QWEN_CASES[i] for i in qwen_picks] + \
+        [FLUX_CASES[i] for i in flux_picks] + [LTX_CASES[i] for i in ltx_picks]
     for rank_results in per_rank:
         assert len(rank_results) == len(cases)
         for case, (rel, rel_eager, breaks, ok, recompiled, mode) in zip(cases, rank_results):
@@ -144,16 +162,17 @@ def _assert_results(per_rank, how, wan_picks, qwen_picks):
 
 # Every case and every way of compiling runs somewhere; each run compiles a few cases only
 # (compiling costs seconds per case and rank on the CI's two cores).
-@pytest.mark.parametrize("u,r,how,wan_picks,qwen_picks", [
-    (2, 1, "regional", [0], [0, 2]),      # Ulysses
-    (1, 3, "regional", [1], [1]),         # ring
-    (1, 2, "full", [0], [0]),
-    (3, 1, "torch.compile", [1], [1, 2]),
-    (2, 2, "regional", [0], [0]),         # USP
+@pytest.mark.parametrize("u,r,how,wan_picks,qwen_picks,flux_picks,ltx_picks", [
+    (2, 1, "regional", [0], [0, 2], [0], [0]),      # Ulysses
+    (1, 3, "regional", [1], [1], [1], [1]),         # ring
+    (1, 2, "full", [0], [0], [0], [1]),
+    (3, 1, "torch.compile", [1], [1, 2], [1], [0]),
+    (2, 2, "regional", [0], [0], [0], [1]),         # USP
 ])
-def test_compiled_sp_equals_eager_without_graph_breaks(u, r, how, wan_picks, qwen_picks):
-    per_rank = run_distributed(u * r, _compiled_vs_eager, u, r, how, wan_picks, qwen_picks, timeout=300)
-    _assert_results(per_rank, how, wan_picks, qwen_picks)
+def test_compiled_sp_equals_eager_without_graph_breaks(u, r, how, wan_picks, qwen_picks, flux_picks, ltx_picks):
+    per_rank = run_distributed(u * r, _compiled_vs_eager, u, r, how, wan_picks, qwen_picks, flux_picks, ltx_picks,
+                               timeout=300)
+    _assert_results(per_rank, how, wan_picks, qwen_picks, flux_picks, ltx_picks)
 
 
 # ------------------------------------------------------------------ eager behaviour under compile

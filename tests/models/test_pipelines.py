@@ -285,3 +285,48 @@ def test_unsupported_pipeline_classes(saved_qwen_edit, tmp_path):
     (model / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelDirError, match="lists no 'processor'"):
         inspect_model_dir(str(model))
+
+
+# ------------------------------------------------------------------------------ FLUX.1, LTX-Video
+
+
+@pytest.mark.parametrize("name, billions, vae_millions, text_billions, multiple, heads", [
+    ("flux.1-dev", 11.90, 83.8, 0.5, 16, 24),   # text: the 2-layer CLIP-L and T5 stand-ins at their real widths
+    ("ltx-video", 1.92, 419.2, 0.5, 32, 32),
+])
+def test_flux_and_ltx_dummy_pipelines_have_the_published_shapes(name, billions, vae_millions, text_billions, multiple,
+                                                                  heads):
+    pipe, notes = build_dummy_pipeline(name, device="meta", dtype=torch.bfloat16)
+    assert _count(pipe.transformer) / 1e9 == pytest.approx(billions, abs=0.01)
+    assert _count(pipe.vae) / 1e6 == pytest.approx(vae_millions, abs=0.1)
+    text = _count(pipe.text_encoder) + _count(getattr(pipe, "text_encoder_2", None) or torch.nn.Module())
+    assert text / 1e9 < text_billions
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert any("T5-v1.1-XXL" in n for n in notes) and any("tokenizer" in n for n in notes)
+    info = model_info(name)
+    assert (info.size_multiple, info.num_heads) == ((multiple, multiple), heads)
+
+
+def test_flux_and_ltx_full_text_encoders():
+    pipe, notes = build_dummy_pipeline("flux.1-dev", device="meta", dtype=torch.bfloat16, full_text_encoder=True)
+    assert _count(pipe.text_encoder) / 1e6 == pytest.approx(123.1, abs=0.1)   # CLIP ViT-L/14 text
+    assert _count(pipe.text_encoder_2) / 1e9 == pytest.approx(4.76, abs=0.01)  # T5-v1.1-XXL encoder
+    assert not any("T5-v1.1-XXL" in n for n in notes)
+    info = model_info("ltx-video")
+    assert (info.vae_scale_spatial, info.vae_scale_temporal, info.patch_size, info.min_steps) == (32, 8, (1, 1, 1), 2)
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-ltx-video"])
+def test_flux_and_ltx_dir_round_trip(name, tmp_path):
+    pipe, _ = build_dummy_pipeline(name, seed=4)
+    pipe.save_pretrained(str(tmp_path))
+    info = inspect_model_dir(str(tmp_path), check_weights=True)
+    assert (info.family, info.num_heads, info.size_multiple) == \
+        (model_info(name).family, 3, model_info(name).size_multiple)
+    loaded, notes = load_pipeline(str(tmp_path), dtype=torch.float32)
+    assert type(loaded) is type(pipe) and notes == []
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(pipe, part, None) is not None:
+            ref, got = getattr(pipe, part).state_dict(), getattr(loaded, part).state_dict()
+            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), part
+    assert loaded.tokenizer("a cat")["input_ids"] == pipe.tokenizer("a cat")["input_ids"]

@@ -1,6 +1,6 @@
-"""What the Wan and Qwen pipeline builders share: model facts read without building anything,
-model-directory errors and JSON reading, building on a device, and loading diffusers models
-from safetensors without `accelerate`."""
+"""What the pipeline families share: model facts read without building anything, the Family
+record each family module exports, model-directory errors and JSON reading, building on a
+device, and loading diffusers models from safetensors without `accelerate`."""
 import contextlib
 import json
 import os
@@ -10,6 +10,7 @@ import torch
 
 # diffusers keeps the submodules a model names here in fp32 under bf16/fp16.
 _FP32_KEEP_ATTR = "_keep_in_fp32_modules"
+IMAGE_FAMILIES = ("qwen", "flux")  # the others make videos
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class ModelInfo:
     defaults: ModelDefaults
     source: str = "dummy"        # "dummy" or a directory path
     notes: tuple = field(default=())
-    family: str = "wan"          # "wan" (text-to-video) or "qwen" (text-to-image, image editing)
+    family: str = "wan"          # "wan", "ltx" (text-to-video), "qwen", "flux" (text-to-image, image editing)
     edit: bool = False           # takes an input image (Qwen-Image-Edit)
+    guidance: str = "cfg"        # --guidance-scale: "cfg" (a negative pass), "embedded" (FLUX.1-dev) or "none"
+    max_text_tokens: int | None = None  # the pipeline refuses longer --max-sequence-length
+    min_steps: int = 1           # schedulers stretched to a terminal shift give NaN sigmas for 1 step
 
     @property
     def size_multiple(self):
@@ -45,7 +49,35 @@ class ModelInfo:
 
     @property
     def makes_images(self):
-        return self.family == "qwen"
+        return self.family in IMAGE_FAMILIES
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family module (wan, qwen, flux, ltx) gives the package (see __init__)."""
+    names: tuple                # model names of --model
+    pipeline_classes: tuple     # diffusers pipeline classes of model_index.json
+    info: object                # name -> ModelInfo
+    inspect: object             # (path, index) -> ModelInfo, from the directory's JSON
+    build: object               # (name, dtype, device, seed, full_text_encoder, vae_dtype) -> (pipeline, notes)
+    weights: dict               # component -> diffusers class name, read from safetensors by load_model
+    text_encoders: tuple = ("text_encoder",)
+    extra_parts: object = None  # (path, index) -> ({component: loaded}, notes) for from_pretrained
+
+
+def dir_configs(path, index, components, transformer="transformer"):
+    """(transformer config, VAE config) of a directory whose model_index.json lists components."""
+    require_components(path, index, components)
+    return (read_json(os.path.join(path, transformer, "config.json"), f"{transformer}/config.json"),
+            read_json(os.path.join(path, "vae", "config.json"), "vae/config.json"))
+
+
+def dir_info(path, make, *args):
+    """make(the directory's name, *args, path): its ModelInfo, a config error as ModelDirError."""
+    try:
+        return make(os.path.basename(os.path.normpath(path)), *args, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
 
 
 class ModelDirError(ValueError):
@@ -103,9 +135,9 @@ def keep_fp32(model):
 # ------------------------------------------------------------------------------ weights
 
 
-def check_model_weights(path, index, classes):
+def check_model_weights(path, index, classes, text_encoders=("text_encoder",)):
     """For each (component, diffusers class) listed in the index: the safetensors hold exactly
-    the weights the component's config needs (compared on the meta device). The text encoder's
+    the weights the component's config needs (compared on the meta device). The text encoders'
     safetensors headers must be readable."""
     for comp, cls in classes:
         if not listed(index, comp):
@@ -123,12 +155,12 @@ def check_model_weights(path, index, classes):
             missing, extra = sorted(expected - stored), sorted(stored - expected)
             raise ModelDirError(f"{folder}: the weights do not fit the config ({len(missing)} missing, e.g. "
                                 f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
-    te = os.path.join(path, "text_encoder")
-    te_files = [f for f in (os.listdir(te) if os.path.isdir(te) else []) if f.endswith(".safetensors")]
-    if not te_files:
-        raise ModelDirError(f"{te}: no *.safetensors weights")
-    for f in te_files:
-        safetensors_keys(os.path.join(te, f))
+    for te in (os.path.join(path, name) for name in text_encoders):
+        te_files = [f for f in (os.listdir(te) if os.path.isdir(te) else []) if f.endswith(".safetensors")]
+        if not te_files:
+            raise ModelDirError(f"{te}: no *.safetensors weights")
+        for f in te_files:
+            safetensors_keys(os.path.join(te, f))
 
 
 def safetensors_keys(filename):

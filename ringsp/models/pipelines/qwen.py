@@ -1,5 +1,5 @@
 """Qwen-Image (text-to-image) and Qwen-Image-Edit pipelines: the published configs with random
-weights, tiny ones, and loading local diffusers directories.
+weights, tiny ones, and what local directories hold (read by the package's load_pipeline).
 
 Dummy pipelines get the offline text side of `qwen_text` (a stand-in Qwen2Tokenizer, a small
 random Qwen2.5-VL text encoder, and for Edit the image + text processor); `notes` says so.
@@ -10,12 +10,12 @@ import torch
 
 from ..configs import QWEN_VAES, transformer_config
 from .common import (
-    ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline, keep_fp32,
-    listed, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, dir_configs, dir_info, keep_fp32, listed,
 )
 
 QWEN_NAMES = ("qwen-image", "qwen-image-edit", "tiny-qwen-image", "tiny-qwen-image-edit")
 QWEN_PIPELINE_CLASSES = {"QwenImagePipeline": False, "QwenImageEditPipeline": True}  # class -> edit
+QWEN_MAX_TEXT_TOKENS = 1024  # diffusers' Qwen pipelines refuse a longer max_sequence_length
 # diffusers' QwenImageEditPipeline resizes the reference image to about 1024 x 1024 pixels.
 EDIT_IMAGE_AREA = 1024 * 1024
 
@@ -48,8 +48,6 @@ _SCHEDULER = {
 }
 
 
-# ------------------------------------------------------------------------------ model info
-
 
 def qwen_info(name):
     tname, vcfg, edit = _SPECS[name]
@@ -58,26 +56,14 @@ def qwen_info(name):
 
 def inspect_qwen_dir(path, index):
     edit = QWEN_PIPELINE_CLASSES[index.get("_class_name")]
-    require_components(path, index, ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
-                       + (("processor",) if edit else ()))
-    tcfg = read_json(os.path.join(path, "transformer", "config.json"), "transformer/config.json")
-    vcfg = read_json(os.path.join(path, "vae", "config.json"), "vae/config.json")
+    tcfg, vcfg = dir_configs(path, index, ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
+                             + (("processor",) if edit else ()))
     for key, what in (("guidance_embeds", "guidance-distilled"), ("zero_cond_t", "Edit-2511"),
                       ("use_layer3d_rope", "Layered")):
         if tcfg.get(key):
             raise ModelDirError(f"--model-path {path!r}: a {what} Qwen-Image transformer ({key}) is not supported "
                                 "by ringsp generate")
-    defaults = _DEFAULTS["qwen-image-edit" if edit else "qwen-image"]
-    try:
-        return _info(os.path.basename(os.path.normpath(path)), tcfg, vcfg, edit, defaults, path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
-
-
-def check_qwen_weights(path, index):
-    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
-
-    check_model_weights(path, index, (("transformer", QwenImageTransformer2DModel), ("vae", AutoencoderKLQwenImage)))
+    return dir_info(path, _info, tcfg, vcfg, edit, _DEFAULTS["qwen-image-edit" if edit else "qwen-image"])
 
 
 def _info(name, tcfg, vcfg, edit, defaults, source):
@@ -91,10 +77,8 @@ def _info(name, tcfg, vcfg, edit, defaults, source):
     spatial = 2 ** len(vcfg.get("temperal_downsample", [False, True, True]))
     return ModelInfo(name=name, patch_size=(1, patch, patch), vae_scale_spatial=spatial, vae_scale_temporal=1,
                      num_heads=int(tcfg.get("num_attention_heads", 24)), defaults=defaults, source=source,
-                     family="qwen", edit=edit)
+                     family="qwen", edit=edit, max_text_tokens=QWEN_MAX_TEXT_TOKENS, min_steps=2)
 
-
-# ------------------------------------------------------------------------------ building
 
 
 def template_corpus():
@@ -153,26 +137,20 @@ def _notes(name, seed, tiny, full_text_encoder, edit):
     return notes
 
 
-# ------------------------------------------------------------------------------ loading
 
-
-def load_qwen_pipeline(path, index, *, dtype, device, vae_dtype):
-    """A QwenImagePipeline / QwenImageEditPipeline from a local diffusers directory, on
-    `device`; the transformer and VAE read by `load_model`, the rest by from_pretrained.
-    Where transformers cannot build Qwen2VLProcessor (no torchvision for its video part),
-    the processor is read into QwenImageTextProcessor instead."""
-    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline, QwenImagePipeline, QwenImageTransformer2DModel
-
+def _extra_parts(path, index):
+    """Where transformers cannot build Qwen2VLProcessor (no torchvision for its video part),
+    an Edit directory's processor is read into QwenImageTextProcessor instead."""
     # diffusers loads a component of a custom library (a directory saved from a dummy Edit
     # pipeline names QwenImageTextProcessor) only once that module is imported
     from . import qwen_text  # noqa: F401
 
+    parts, notes = {}, []
     edit = QWEN_PIPELINE_CLASSES[index["_class_name"]]
-    parts = {"transformer": load_model(QwenImageTransformer2DModel, os.path.join(path, "transformer"), dtype, device),
-             "vae": load_model(AutoencoderKLQwenImage, os.path.join(path, "vae"), vae_dtype, device)}
-    notes = []
+    from transformers.utils import is_torchvision_available
+
     if edit and listed(index, "processor") and index["processor"] == ["transformers", "Qwen2VLProcessor"] \
-            and not _video_processors_available():
+            and not is_torchvision_available():
         from .qwen_text import QwenImageTextProcessor
 
         try:
@@ -181,12 +159,9 @@ def load_qwen_pipeline(path, index, *, dtype, device, vae_dtype):
             raise ModelDirError(f"--model-path {path!r}: cannot load the processor ({exc})") from None
         notes.append("processor: Qwen2VLProcessor's image and text parts (QwenImageTextProcessor); its video part "
                      "needs torchvision, which is not installed")
-    pipe = from_pretrained_pipeline(QwenImageEditPipeline if edit else QwenImagePipeline, path, dtype, **parts)
-    pipe.text_encoder.to(device)
-    return pipe, notes
+    return parts, notes
 
 
-def _video_processors_available():
-    from transformers.utils import is_torchvision_available
-
-    return is_torchvision_available()
+FAMILY = Family(QWEN_NAMES, tuple(QWEN_PIPELINE_CLASSES), qwen_info, inspect_qwen_dir, build_qwen_pipeline,
+                {"transformer": "QwenImageTransformer2DModel", "vae": "AutoencoderKLQwenImage"},
+                extra_parts=_extra_parts)

@@ -1,19 +1,15 @@
 """Wan text-to-video pipelines: the published configs with random weights, the embedded tiny
-one, and loading a local diffusers WanPipeline directory.
+one, and what a local WanPipeline directory holds (the package's load_pipeline reads it).
 
-The tokenizer of dummy pipelines is a byte-level one made here with the `tokenizers`
-library (every prompt tokenizes, no vocabulary file); their text encoder is a small random
-UMT5 with the real output width (UMT5-XXL's 5.7B random parameters only cost time and
-memory; `full_text_encoder=True` builds them anyway).
+Dummy pipelines get a byte-level tokenizer made here (no vocabulary file) and a small random
+UMT5 of the real output width (UMT5-XXL's 5.7B random parameters only cost time and memory;
+`full_text_encoder=True` builds them anyway).
 """
-import os
-
 import torch
 
 from ..configs import model_spec, transformer_config, vae_config
 from .common import (
-    ModelDefaults, ModelDirError, ModelInfo, building_on, check_model_weights, from_pretrained_pipeline, keep_fp32,
-    listed, load_model, read_json, require_components,
+    Family, ModelDefaults, ModelDirError, ModelInfo, building_on, dir_configs, dir_info, keep_fp32, listed,
 )
 
 TINY_NAME = "tiny-wan"
@@ -46,8 +42,6 @@ _DEFAULTS = {
 _FLOW_SHIFT = {"wan2.1-t2v-1.3b": 3.0, TINY_NAME: 3.0}
 
 
-# ------------------------------------------------------------------------------ model info
-
 
 def wan_info(name):
     tcfg, vcfg = _configs_of(name)[:2]
@@ -55,24 +49,12 @@ def wan_info(name):
 
 
 def inspect_wan_dir(path, index):
-    require_components(path, index, ("tokenizer", "text_encoder", "vae", "scheduler"))
     tname = "transformer" if listed(index, "transformer") else "transformer_2"
     if not listed(index, tname):
         raise ModelDirError(f"--model-path {path!r}: model_index.json lists no transformer")
-    tcfg = read_json(os.path.join(path, tname, "config.json"), f"{tname}/config.json")
-    vcfg = read_json(os.path.join(path, "vae", "config.json"), "vae/config.json")
-    defaults = _DEFAULTS["wan2.2-ti2v-5b" if index.get("expand_timesteps") else "wan2.1-t2v-1.3b"]
-    try:
-        return _info(os.path.basename(os.path.normpath(path)), tcfg, vcfg, defaults, path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"--model-path {path!r}: malformed transformer/vae config ({exc})") from None
-
-
-def check_wan_weights(path, index):
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-
-    check_model_weights(path, index, (("transformer", WanTransformer3DModel), ("transformer_2", WanTransformer3DModel),
-                                      ("vae", AutoencoderKLWan)))
+    tcfg, vcfg = dir_configs(path, index, ("tokenizer", "text_encoder", "vae", "scheduler"), tname)
+    return dir_info(path, _info, tcfg, vcfg, _DEFAULTS["wan2.2-ti2v-5b" if index.get("expand_timesteps")
+                                                        else "wan2.1-t2v-1.3b"])
 
 
 def _info(name, tcfg, vcfg, defaults, source):
@@ -86,8 +68,6 @@ def _info(name, tcfg, vcfg, defaults, source):
         num_heads=int(tcfg.get("num_attention_heads", 40)), defaults=defaults, source=source,
     )
 
-
-# ------------------------------------------------------------------------------ building
 
 
 def _configs_of(name):
@@ -158,20 +138,6 @@ def build_wan_pipeline(name, *, dtype, device, seed, full_text_encoder, vae_dtyp
     return pipe, notes
 
 
-# ------------------------------------------------------------------------------ loading
-
-
-def load_wan_pipeline(path, index, *, dtype, device, vae_dtype):
-    """A WanPipeline from a local diffusers directory, on `device`. The transformers and the
-    VAE are read by `load_model`; the tokenizer, text encoder and scheduler come through
-    `WanPipeline.from_pretrained`."""
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
-
-    parts = {}
-    for comp in ("transformer", "transformer_2"):
-        parts[comp] = load_model(WanTransformer3DModel, os.path.join(path, comp), dtype, device) \
-            if listed(index, comp) else None
-    parts["vae"] = load_model(AutoencoderKLWan, os.path.join(path, "vae"), vae_dtype, device)
-    pipe = from_pretrained_pipeline(WanPipeline, path, dtype, **parts)
-    pipe.text_encoder.to(device)
-    return pipe, []
+FAMILY = Family(WAN_NAMES, WAN_PIPELINE_CLASSES, wan_info, inspect_wan_dir, build_wan_pipeline,
+                {"transformer": "WanTransformer3DModel", "transformer_2": "WanTransformer3DModel",
+                 "vae": "AutoencoderKLWan"})
