@@ -2,7 +2,10 @@
 
 A class is (device name, dtype, head dim, heads, size class, op): the size class is the
 power-of-two bucket of B, Sq and Sk (k's buffer length, not kv_len, so that ranks whose
-last block carries padding still land in the same class), op is "fwd" or "step". An entry
+last block carries padding still land in the same class), op is "fwd" or "step" -- or, for
+the 8-bit precisions, "fp8_fwd", "fp8_step", "int8_fwd", "int8_step", whose entries are
+always the Triton path and whose config is the 8-bit kernel's (so ranks agree on its key tile
+size too, which its rounding depends on: replicated text queries stay identical). An entry
 is {"path": "triton" | "cudnn" | "fa4", "config": [BLOCK_M, BLOCK_N, warps, stages, warp_spec],
 "ms": {candidate: median ms}}: the fastest path measured and the best Triton config. Where
 the entry's path cannot run in this process (FA4 not installed, cuDNN refusing the dtype),
@@ -47,7 +50,12 @@ log = logging.getLogger("ringsp")
 
 FORMAT = 1
 PATHS = ("triton", "cudnn", "fa4", "hopper")
-OPS = ("fwd", "step")
+NATIVE_OPS = ("fwd", "step")
+Q8_OPS = ("fp8_fwd", "fp8_step", "int8_fwd", "int8_step")
+OPS = NATIVE_OPS + Q8_OPS
+# the 8-bit kernel's config where no class of its op was measured: one of the configs it is
+# timed with (cuda/triton_fp8.CONFIGS), mid-sized, so it compiles on every GPU with 8-bit cores
+Q8_DEFAULT = [128, 64, 8, 3, False]
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "dispatch.json")
 
 _state = {
@@ -91,9 +99,11 @@ def parse_key(key):
     return {"device": device, "dtype": dtype, "op": op, **nums}
 
 
-def default_config(head_dim):
+def default_config(head_dim, op="fwd"):
     """A Triton config that compiles on any CUDA GPU Triton supports (no warp
-    specialisation, shared memory within an A100's)."""
+    specialisation, shared memory within an A100's); op's kernel: native or 8-bit."""
+    if op in Q8_OPS:
+        return list(Q8_DEFAULT)
     if head_dim <= 64:
         return [128, 64, 4, 3, False]
     if head_dim <= 128:
@@ -230,7 +240,7 @@ def fallback(key, table):
             if best is None or cand < best[0]:
                 best = (cand, entry)
     if best is None:
-        return {"path": "triton", "config": default_config(want["D"]), "source": "default"}
+        return {"path": "triton", "config": default_config(want["D"], want["op"]), "source": "default"}
     entry = {"path": best[1]["path"], "config": list(best[1]["config"]), "source": f"nearest {best[0][1]}"}
     if isinstance(best[1].get("ms"), dict):  # choose() then has the nearest class's runners-up
         entry["ms"] = dict(best[1]["ms"])

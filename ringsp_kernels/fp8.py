@@ -9,7 +9,8 @@
 bf16/fp16 in and out; the state is ringsp's (acc float32 [B, S, H, D] normalised output, lse
 float32 [B, H, S]), so ring, Ulysses and USP run unchanged, and quantised and native blocks
 mix in one state. The scheme (K smoothing, scales, rounding) is fp8_reference.py's; the
-kernels are the CUDA wing's (cuda/triton_fp8.py, bound by cuda/q8.py). "native" and the name of q's own dtype ("bf16", "fp16", "fp32")
+kernels are the CUDA wing's (cuda/triton_fp8.py, bound by cuda/q8.py, which takes each shape
+class's kernel config from the dispatch tables). "native" and the name of q's own dtype ("bf16", "fp16", "fp32")
 mean None; a dtype name that is not q's raises rather than converting.
 
 CUDA only: "fp8" needs FP8 tensor cores (compute capability >= 8.9), "int8" >= 8.0. Anything

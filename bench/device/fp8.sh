@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU (H100/H200): the 8-bit attention precisions ("fp8", "int8").
 #  - tests/kernels/test_fp8_gpu.py: the Triton kernels against fp8_reference and float64
-#    (every autotuning config, chains mixing precisions, NaN padding, empty blocks), then the
+#    (every kernel config, chains mixing precisions, NaN padding, empty blocks), then the
 #    CPU tests of test_fp8.py;
+#  - python -m ringsp_kernels.cuda.tune --precision fp8,int8: the 8-bit classes of the kernel
+#    set measured into OUT/dispatch_q8.json (merge into ringsp_kernels/tables/dispatch.json);
 #  - ringsp_bench.fp8: TFLOP/s and accuracy of ringsp fp8/int8 (attn_fwd, 4-step chain) next to
 #    ringsp bf16, cuDNN bf16 and SageAttention 1.0.6 on the five shapes of ringsp_bench.attn_kernels.
 # The tests compile every kernel variant the benchmark uses (Triton's disk cache carries them
@@ -24,6 +26,11 @@ timeout 90 python3 -m pytest tests/kernels/test_fp8_gpu.py tests/kernels/test_fp
   --durations=8 > "$out/fp8_tests.txt" 2>&1 || true
 echo "tests: $(( $(date +%s) - t1 )) s" | tee -a "$out/fp8_times.txt"
 
+t3=$(date +%s)
+timeout 150 python3 -m ringsp_kernels.cuda.tune --set kernels --precision fp8,int8 --cache-dir "$out/cache" \
+  --out "$out/dispatch_q8.json" > "$out/fp8_tune.txt" 2>&1 || true
+echo "tune: $(( $(date +%s) - t3 )) s" | tee -a "$out/fp8_times.txt"
+
 t2=$(date +%s)
 timeout 110 python3 -m ringsp_bench.fp8 --json "$out/fp8.json" --reps 80 > "$out/fp8_bench.txt" 2>&1 || true
 echo "bench: $(( $(date +%s) - t2 )) s" | tee -a "$out/fp8_times.txt"
@@ -32,4 +39,5 @@ echo "=== tests: $(grep -c " PASSED" "$out/fp8_tests.txt") passed (per-test line
 grep -E "^(FAILED|ERROR)| FAILED| ERROR" "$out/fp8_tests.txt" | cut -c1-220 | tail -20
 tail -1 "$out/fp8_tests.txt"
 echo "=== benchmark ==="
-grep -v "^ringsp: \|autotun" "$out/fp8_bench.txt" | tail -60
+grep -v "^ringsp: " "$out/fp8_bench.txt" | tail -60
+echo "=== tune ===" && tail -8 "$out/fp8_tune.txt"

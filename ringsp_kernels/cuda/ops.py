@@ -22,7 +22,7 @@ from .. import caches, dispatch, settings
 from . import fa4, hopper, timing
 from .cudnn import cudnn_attn, cudnn_ok  # noqa: F401  (cudnn_attn: the benchmarks' peer ring)
 from .paths import VENDOR
-from .triton_attn import capability, configs, launch
+from .triton_attn import capability, capturing, configs, launch
 from .triton_merge import launch_merge
 
 log = logging.getLogger("ringsp")
@@ -30,7 +30,6 @@ CHOICES = settings.BY_NAME["RINGSP_CUDA_ATTN"].values
 _PLANS = {}  # (device, q.shape, Sk, dtype, op, forced path) -> (path, config)
 _NAMES = {}  # device index -> device name
 _VERSIONS = {}  # what measured choices depend on, read once
-_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 dispatch.on_change(_PLANS.clear)
 for _name, _cache in (("cuda plans", _PLANS), ("cuda device names", _NAMES), ("cuda versions", _VERSIONS)):
     caches.register(_name, _cache.clear)
@@ -121,19 +120,19 @@ def _make_plan(q, k, v, scale, kv_len, op):
     forced = _validated(settings.current().cuda_attn)
     B, Sq, H, D = q.shape
     key = dispatch.class_key(device_name(q.get_device()), q.dtype, D, H, B, Sq, k.shape[1], op)
-    capturing = _capturing()
+    in_capture = capturing()
     measure = None
-    if forced == "auto" and not capturing:  # no timing inside a CUDA graph capture
+    if forced == "auto" and not in_capture:  # no timing inside a CUDA graph capture
         measure = functools.partial(_measure, q, k, v, scale, kv_len, op, key)
     entry = dispatch.resolve(key, versions(), measure)
     if forced == "auto":
         path = dispatch.choose(entry, usable_paths(q))
     else:
         path = forced if forced in usable_paths(q, forced=True) else "triton"
-    return (path, tuple(entry["config"])), not capturing
+    return (path, tuple(entry["config"])), not in_capture
 
 
-def _cfg_name(cfg):
+def cfg_name(cfg):
     return "triton:" + ",".join(str(int(x)) for x in cfg)
 
 
@@ -147,7 +146,7 @@ def _measure(q, k, v, scale, kv_len, op, key):
     lse = torch.full((B, H, Sq), float("-inf") if not has_state else 0.0, device=q.device)
     fns = {}
     for cfg in configs(capability(q.get_device())[0], q.shape[3]):
-        fns[_cfg_name(cfg)] = (cfg, functools.partial(launch, q, k, v, out, lse, scale, kv_len, has_state, cfg))
+        fns[cfg_name(cfg)] = (cfg, functools.partial(launch, q, k, v, out, lse, scale, kv_len, has_state, cfg))
     for path in sorted(usable_paths(q) - {"triton"}):
         fns[path] = (None, functools.partial(_path_run, VENDOR[path], q, k, v, scale, kv_len, out, lse, has_state))
     samples = timing.compare({n: f for n, (_, f) in fns.items()})

@@ -156,7 +156,8 @@ for _name, _cache in (("triton capabilities", _CAPABILITY), ("triton descriptor 
                      ("triton TMA scratch", _SCRATCH), ("triton attention launches", _KERNEL.entries)):
     caches.register(_name, _cache.clear)
 _get_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
-_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
+# whether a CUDA graph is being captured on the current stream (nothing may be timed then)
+capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 
 
 def capability(device_index):
@@ -171,7 +172,7 @@ def _scratch(size, align, stream):
     one stream run in order, so one buffer per stream serves them all without a per-call
     allocation; inside a CUDA graph capture a fresh one is taken (graphs may replay on
     other streams)."""
-    if _capturing():
+    if capturing():
         return torch.empty(size, dtype=torch.int8, device="cuda")
     key = (_get_device(), stream)
     buf = _SCRATCH.get(key)

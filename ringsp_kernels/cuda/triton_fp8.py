@@ -14,17 +14,13 @@ Per call (one KV block) two stages:
                one 8-bit Q.K^T per key tile, float32 softmax, P.V in fp8 (or q's dtype for
                "int8"), float32 accumulation.
 """
-import logging
-
 import torch
 import triton
 import triton.language as tl
 
-from .. import caches
 from ..fp8_reference import FP8_MAX, INT8_MAX, KV_PAD, LOG2E, P_LOG2_UNIT, V_SCALE_FLOOR
 from .fast_launch import INTERPRET
 
-log = logging.getLogger("ringsp")
 STAT_ROWS = 64      # keys per inner step of the prepare passes
 CHUNK_BLOCK = 16    # chunks reduced per step of the per-head reduction
 TARGET_PROGRAMS = 512  # stats pass: enough (chunk, head) programs to fill a GPU
@@ -211,11 +207,10 @@ def _q8_tile(q8, row_a, m_i, l_i, acc, K8, KScale, V, V8t, b, h, bh, start_n, kv
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=["kv_len", "Sq", "Skp", "SQ_BUCKET", "SK_BUCKET"])
+@triton.jit(do_not_specialize=["kv_len", "Sq", "Skp"])
 def q8_attn_kernel(
     Q, K8, KScale, Mu, V, V8t, VScale, Acc, Lse,
     qk_scale, kv_len, Sq, H, Skp,
-    SQ_BUCKET, SK_BUCKET,  # unused by the body: autotuning keys (one tuning per size class)
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_ab, stride_as, stride_ah, stride_ad,
@@ -288,34 +283,11 @@ def q8_attn_kernel(
 # (BLOCK_M, BLOCK_N, warps, stages). Every entry is a shape Triton's Hopper and Ada lowering
 # accepts for 8-bit dots (M a multiple of 64 per 4 warps, N and K >= 32); the first is the
 # bf16 kernel's best on H100. Few on purpose: each is a compile per (precision, head dim,
-# state, dtype). FALLBACK runs where autotuning itself fails.
+# state, dtype). Which one runs a shape class is the dispatch table's (cuda/q8.py times them);
+# FALLBACK runs where the chosen one does not compile, INTERPRETED in Triton's interpreter.
 CONFIGS = [(128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 4, 3)]
 FALLBACK = (64, 64, 4, 2)
-_tuned_kernel = None
-_state = {"tuning_failed": False}
-caches.register("8-bit autotuning failure", lambda: _state.update(tuning_failed=False))
-
-
-def _tuned():
-    # built on first use, like triton_attn._tuned: nothing touches CUDA at import
-    global _tuned_kernel
-    if _tuned_kernel is None:
-        _tuned_kernel = triton.autotune(
-            configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                     for bm, bn, w, s in CONFIGS],
-            key=["HEAD_DIM", "HAS_STATE", "QK_INT8", "SQ_BUCKET", "SK_BUCKET", "H"],
-            restore_value=["Acc", "Lse"],  # autotuning reruns an in-place kernel: keep the state
-        )(q8_attn_kernel)
-    return _tuned_kernel
-
-
-def tuned_block_n():
-    """BLOCK_N of the configuration the autotuner picked last (tests feed it to the
-    reference, whose result depends on the key tile size), or None."""
-    if _state["tuning_failed"]:
-        return FALLBACK[1]
-    best = getattr(_tuned_kernel, "best_config", None)
-    return None if best is None else best.kwargs["BLOCK_N"]
+INTERPRETED = (16, 32, 4, 1)
 
 
 def block_d(head_dim):
@@ -364,32 +336,17 @@ def prepare_kv(k, v, kv_len, int8):
 
 def attend(q, k, v, acc, lse, scale, kv_len, int8, has_state, block=None):
     """One call: `acc` is the float32 state when has_state, else the output in q's dtype.
-    kv_len >= 1 and Sq >= 1. `block` = (BLOCK_M, BLOCK_N, warps, stages) skips autotuning."""
+    kv_len >= 1 and Sq >= 1. `block` = (BLOCK_M, BLOCK_N, warps, stages); None: FALLBACK
+    (INTERPRETED in the interpreter)."""
+    if block is None:
+        block = INTERPRETED if INTERPRET else FALLBACK
     kv = prepare_kv(k, v, kv_len, int8)
     B, Sq, H, D = q.shape
     args = (q, kv.k8, kv.kscale, kv.mu, kv.v, kv.v8t, kv.vscale, acc, lse,
-            scale * LOG2E, kv_len, Sq, H, kv.skp, triton.next_power_of_2(Sq), triton.next_power_of_2(kv_len),
+            scale * LOG2E, kv_len, Sq, H, kv.skp,
             *q.stride(), *v.stride(), *acc.stride(), *lse.stride())
     consts = dict(HEAD_DIM=D, BLOCK_D=block_d(D), HAS_STATE=has_state, QK_INT8=int8, POS_SCALE=scale > 0,
                   P_OFF=0.0 if int8 else P_LOG2_UNIT, P_UNIT=1.0 if int8 else 2.0 ** P_LOG2_UNIT,
                   EMULATE=INTERPRET)
-    if INTERPRET and block is None:
-        block = (16, 32, 4, 1)
-    if block is None and _state["tuning_failed"]:
-        block = FALLBACK
-    if block is not None:
-        _launch_fixed(args, consts, Sq, B * H, block)
-        return
-    try:
-        _tuned()[lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)](*args, **consts)
-    except Exception as e:  # noqa: BLE001 -- a compiler that rejects the tuned configs
-        # compile errors come before any launch, so the state is still untouched here
-        log.warning("ringsp: 8-bit attention autotuning failed (%s: %s); using the fallback config %s from now on",
-                    type(e).__name__, (str(e).splitlines() or [""])[0][:200], FALLBACK)
-        _state["tuning_failed"] = True
-        _launch_fixed(args, consts, Sq, B * H, FALLBACK)
-
-
-def _launch_fixed(args, consts, Sq, BH, block):
     bm, bn, nw, ns = block
-    q8_attn_kernel[(triton.cdiv(Sq, bm), BH)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns, **consts)
+    q8_attn_kernel[(triton.cdiv(Sq, bm), B * H)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns, **consts)

@@ -4,12 +4,13 @@ flash-attn-4 is installed) of shape classes on this GPU and stores it: in the di
 package is ringsp_kernels/tables/dispatch.json.
 
     python -m ringsp_kernels.cuda.tune [--set ring,kernels] [--shape B,Sq,Sk,H,D,op ...]
-                                       [--out TABLE.json] [--force] [--budget-s 3]
+                                       [--precision fp8,int8] [--out TABLE.json] [--force]
 
 Sets: `ring` = one rank's ring steps (Sq = Sk = ceil(S/N)) and Ulysses shards (full S,
 ceil(H/N) heads) of Wan 480p/720p and Qwen-Image 1328^2 for N = 2, 4, 8 (ringsp_bench.ring_rank);
 `kernels` = the shapes of ringsp_bench.attn_kernels (attn_fwd over S, steps over S/4 blocks).
-Classes already in the disk cache are skipped unless --force. bf16, B=1.
+--precision fp8,int8 measures the 8-bit kernel's config (ops fp8_fwd, int8_step, ...) of the
+selected shapes instead of their native classes. Classes already in the disk cache are skipped unless --force. bf16, B=1.
 """
 import argparse
 import datetime
@@ -53,10 +54,31 @@ SETS = {"ring": ring_classes, "kernels": kernel_classes}
 
 
 def _parse_shape(text):
+    from ..dispatch import OPS
+
     parts = text.split(",")
-    if len(parts) != 6 or parts[5] not in ("fwd", "step"):
-        raise argparse.ArgumentTypeError(f"--shape wants B,Sq,Sk,H,D,fwd|step, got {text!r}")
+    if len(parts) != 6 or parts[5] not in OPS:
+        raise argparse.ArgumentTypeError(f"--shape wants B,Sq,Sk,H,D,op with op one of {', '.join(OPS)}, "
+                                         f"got {text!r}")
     return (*(int(x) for x in parts[:5]), parts[5])
+
+
+def _parse_precisions(text):
+    from ..fp8_reference import PRECISIONS
+
+    names = [p for p in text.split(",") if p]
+    bad = [p for p in names if p not in PRECISIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--precision takes a comma-separated list of {PRECISIONS}, got {text!r}")
+    return names
+
+
+def with_precisions(shapes, precisions):
+    """`shapes`, or with `precisions` the 8-bit classes of its native ones (and its 8-bit ones)."""
+    if not precisions:
+        return shapes
+    return ([(*s[:5], f"{p}_{s[5]}") for p in precisions for s in shapes if s[5] in ("fwd", "step")]
+            + [s for s in shapes if s[5] not in ("fwd", "step")])
 
 
 def measure(shape, dtype=torch.bfloat16, seed=0):
@@ -69,13 +91,20 @@ def measure(shape, dtype=torch.bfloat16, seed=0):
     q = torch.randn(B, Sq, H, D, device="cuda", dtype=dtype, generator=g)
     k, v = (torch.randn(B, Sk, H, D, device="cuda", dtype=dtype, generator=g) for _ in range(2))
     key = dispatch.class_key(cuda.device_name(q.get_device()), dtype, D, H, B, Sq, Sk, op)
+    if op in dispatch.Q8_OPS:
+        from . import q8
+
+        precision, kind = op.split("_")
+        return key, q8.measure_class(q, k, v, D ** -0.5, Sk, precision, kind == "step")
     return key, cuda._measure(q, k, v, D ** -0.5, Sk, op, key)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", default="ring,kernels", help="comma-separated: ring, kernels (or '' for none)")
-    p.add_argument("--shape", type=_parse_shape, action="append", default=[], help="B,Sq,Sk,H,D,fwd|step")
+    p.add_argument("--shape", type=_parse_shape, action="append", default=[], help="B,Sq,Sk,H,D,op")
+    p.add_argument("--precision", type=_parse_precisions, default=[],
+                   help="the 8-bit classes of these precisions instead (comma-separated: fp8, int8)")
     p.add_argument("--out", help="also write the measured entries into this table (merged)")
     p.add_argument("--force", action="store_true", help="re-measure classes the disk cache holds")
     p.add_argument("--cache-dir", help="disk-cache folder (default $RINGSP_CACHE_DIR or ~/.cache/ringsp)")
@@ -91,7 +120,7 @@ def main(argv=None):
     if args.cache_dir:
         dispatch.reset(cache_dir=args.cache_dir)
     shapes = [s for name in filter(None, args.set.split(",")) for s in SETS[name]()] + args.shape
-    shapes = list(dict.fromkeys(shapes))
+    shapes = list(dict.fromkeys(with_precisions(shapes, args.precision)))
     device = cuda.device_name(torch.cuda.current_device())
     versions = cuda.versions()  # the disk cache every later run of these versions reads
     command = " ".join(["python -m ringsp_kernels.cuda.tune"] + (argv if argv is not None else sys.argv[1:]))
@@ -112,7 +141,7 @@ def main(argv=None):
         ms = entry["ms"]
         best_t = min((t for n, t in ms.items() if dispatch.path_of(n) == "triton"), default=float("nan"))
         vendors = "  ".join(f"{n} {t:.4f} ms" for n, t in ms.items() if dispatch.path_of(n) != "triton")
-        print(f"{op:4s} B={B} Sq={Sq} Sk={Sk} H={H} D={D}: {entry['path']:6s} {entry['config']}  "
+        print(f"{op:9s} B={B} Sq={Sq} Sk={Sk} H={H} D={D}: {entry['path']:6s} {entry['config']}  "
               f"triton {best_t:.4f} ms  {vendors}  ({time.perf_counter() - t0:.1f} s)", flush=True)
     reused = {k: e for k, e in done.items() if e is not None and k in cached and not args.force}
     if args.out and reused:  # classes measured by an earlier run still belong in the table

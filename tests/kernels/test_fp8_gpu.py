@@ -41,12 +41,12 @@ def qkv(B, Sq, Sk, H, D, kv_len, seed, dtype=torch.bfloat16, outliers=True):
     return q, k, v
 
 
-def block_n():
-    from ringsp_kernels.cuda import triton_fp8
+def block_n(q, k, v, precision, has_state):
+    """BLOCK_N of the config the dispatch chose for this call's class (the reference's
+    rounding depends on the key tile size)."""
+    from ringsp_kernels.cuda import q8
 
-    bn = triton_fp8.tuned_block_n()
-    assert bn is not None
-    return bn
+    return q8.block(q, k, v, None, k.shape[1], precision, has_state)[1]
 
 
 def rel(a, b):
@@ -70,7 +70,7 @@ def test_attn_fwd_matches_reference(precision, shape):
     out, lse = rk.attn_fwd(q, k, v, kv_len=kv_len, precision=precision)
     assert out.dtype == dtype and out.shape == q.shape and lse.shape == (B, H, Sq)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-    ref_out, ref_lse = fr.attn_q8_reference(q, k, v, kv_len=kv_len, precision=precision, block_n=block_n())
+    ref_out, ref_lse = fr.attn_q8_reference(q, k, v, kv_len=kv_len, precision=precision, block_n=block_n(q, k, v, precision, False))
     assert rel(out, ref_out) < KERNEL_TOL[precision]
     assert (lse - ref_lse).abs().max() < LSE_TOL
 
@@ -95,7 +95,7 @@ def test_step_chain_mixing_precisions_matches_reference(D):
         if p is None:
             rk.attn_step_(q, kb, vb, ref_acc, ref_lse, kv_len=b - a)
         elif b > a:
-            fr.step_q8_reference_(q, kb, vb, ref_acc, ref_lse, kv_len=b - a, precision=p, block_n=block_n())
+            fr.step_q8_reference_(q, kb, vb, ref_acc, ref_lse, kv_len=b - a, precision=p, block_n=block_n(q, kb, vb, p, True))
     assert rel(acc, ref_acc) < KERNEL_TOL["fp8"] and (lse - ref_lse).abs().max() < LSE_TOL
     assert_gate("fp8", rk.finalize(acc, lse, q.dtype), q, k, v)
 
