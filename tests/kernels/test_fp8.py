@@ -216,3 +216,26 @@ def test_interpreted_kernel_matches_reference(precision, dtype):
         fr.step_q8_reference_(q, k[:, a:], v[:, a:], ref_acc, ref_st, scale=0.2, kv_len=b - a, precision=precision,
                               block_n=bn)
     assert fr.accuracy(acc, ref_acc)[1] < 1e-4 and (st - ref_st).abs().max() < 1e-4
+
+
+@interpreted
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_interpreted_block_quantises_to_the_same_bytes_on_every_rank(precision):
+    """Ranks quantise a KV block themselves (no scales travel with it), so the bytes must not
+    depend on where the block lives: the owner's strided view of its projection and a peer's
+    contiguous received copy, whose padding past kv_len holds something else."""
+    from ringsp_kernels.cuda import triton_fp8
+
+    kv_len = 70
+    owner_k = with_channel_outliers(rand(1, 96, 3, 48, seed=5, dtype=torch.float16))
+    owner_v = rand(1, 96, 3, 48, seed=6, dtype=torch.float16)
+    owner_k, owner_v = (torch.cat([t, t[..., :8]], -1)[..., :48] for t in (owner_k, owner_v))  # strided views
+    peer_k, peer_v = owner_k.contiguous(), owner_v.contiguous()
+    peer_k[:, kv_len:], peer_v[:, kv_len:] = float("nan"), -7.0
+    int8 = precision == "int8"
+    a, b = (triton_fp8.prepare_kv(k, v, kv_len, int8) for k, v in ((owner_k, owner_v), (peer_k, peer_v)))
+    for name in ("k8", "kscale", "mu", "v8t", "vscale"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert torch.equal(x.view(torch.uint8) if x.dtype == torch.float8_e4m3fn else x,
+                           y.view(torch.uint8) if y.dtype == torch.float8_e4m3fn else y), name
+    assert a.kscale.abs().sum() > 0 and a.k8.view(torch.uint8).any()  # something was quantised
