@@ -10,7 +10,8 @@ Sets: `ring` = one rank's ring steps (Sq = Sk = ceil(S/N)) and Ulysses shards (f
 ceil(H/N) heads) of Wan 480p/720p and Qwen-Image 1328^2 for N = 2, 4, 8 (ringsp_bench.ring_rank);
 `kernels` = the shapes of ringsp_bench.attn_kernels (attn_fwd over S, steps over S/4 blocks).
 --precision fp8,int8 measures the 8-bit kernel's config (ops fp8_fwd, int8_step, ...) of the
-selected shapes instead of their native classes. Classes already in the disk cache are skipped unless --force. bf16, B=1.
+selected shapes instead of their native classes. Classes already in the disk cache are
+skipped unless --force. bf16, B=1.
 """
 import argparse
 import datetime
