@@ -180,7 +180,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, st_bufs, q_ready, q_empty, st_ready, st_em
         acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
         mbarrier.arrive(v_empty.index(last), count=1)
         it += n_tiles
-        _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i,
+        _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i, None,
                      ROWS, HEAD_DIM, o_layout)
         i += 1
 

@@ -5,6 +5,9 @@ sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
     attn_fwd(q, k, v, scale, kv_len)            -> (out in q's dtype, lse float32 [B, H, Sq])
     attn_step_(q, k, v, acc, lse, scale, kv_len)   one ring step into the state, in place
     launch(..., config=Config(...))             another tile shape (benchmarks, tests)
+    launch_int8(q, k, v, acc, lse, scale, kv_len, has_state)
+                                                the "int8" precision's scheme (fp8_reference.py) in
+                                                the same kernel: integer Q.K^T, P.V in q's dtype
 
 Host path: tensor descriptors are built per call (TMA needs the base addresses) and the kernel
 goes through Triton's JIT launch, the way it was checked and timed on the GPU; a cached direct
@@ -49,7 +52,7 @@ except ImportError as e:  # noqa: F841 -- kept for the message
     _WHY = f"Triton's Gluon Hopper dialect is not importable ({e})"
 else:
     _WHY = None
-    _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+    _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32, torch.int8: gl.int8}
 
 _LAYOUTS = {}  # (dtype, block shape) -> NVMMASharedLayout
 caches.register("hopper path layouts", _LAYOUTS.clear)
@@ -107,9 +110,36 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
     grid = (-(-Sq // c.block_m), B * H)
     with torch.cuda.device(q.device):  # Triton launches on the current device
         ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, scale * LOG2E, kv_len, Sq, H,
-                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2],
+                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], None, None, None, None,
                                HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
-                               HAS_STATE=has_state, num_warps=4, maxnreg=MAXNREG)
+                               HAS_STATE=has_state, QK_INT8=False, num_warps=4, maxnreg=MAXNREG)
+
+
+def launch_int8(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
+    """launch() with the "int8" precision: K/V prepared as for the Triton 8-bit kernel
+    (triton_fp8.prepare_kv: K smoothed, int8 per key, zero-padded per head), Q rounded per row,
+    then the same warp-specialised kernel with an integer Q.K^T. Not a dispatch candidate yet:
+    run only by its GPU tests and ringsp_bench.fp8 until those have passed on a GPU."""
+    from . import triton_fp8
+
+    B, Sq, H, D = q.shape
+    c = config or DEFAULT[D]
+    kv = triton_fp8.prepare_kv(k, v, kv_len, int8=True)  # k8 [B*H, skp, D], skp a multiple of 128
+    q8, row_a, shift = triton_fp8.quantise_q_int8(q, kv.mu, scale * LOG2E, lse)
+    v = v if keys_ok(v) else v.contiguous()
+    rows = c.block_m // 2
+    q8, k8 = q8.view(B * Sq, H * D), kv.k8.view(B * H * kv.skp, D)
+    qd = TensorDescriptor(q8, list(q8.shape), [H * D, 1], [rows, D], _layout(torch.int8, (rows, D)))
+    kd = TensorDescriptor(k8, list(k8.shape), [D, 1], [c.block_n, D], _layout(torch.int8, (c.block_n, D)))
+    vd = TensorDescriptor(v, [B, kv_len, H * D], [v.stride(0), v.stride(1), 1], [1, c.block_n, D],
+                          _layout(v.dtype, (1, c.block_n, D)))
+    sa, sl = acc.stride(), lse.stride()
+    grid = (-(-Sq // c.block_m), B * H)
+    with torch.cuda.device(q.device):
+        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, scale * LOG2E, kv_len, Sq, H,
+                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], row_a, shift, kv.kscale, kv.skp,
+                               HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
+                               HAS_STATE=has_state, QK_INT8=True, num_warps=4, maxnreg=MAXNREG)
 
 
 def attn_fwd(q, k, v, scale, kv_len):
@@ -122,3 +152,12 @@ def attn_fwd(q, k, v, scale, kv_len):
 
 def attn_step_(q, k, v, acc, lse, scale, kv_len):
     launch(q, k, v, acc, lse, scale, kv_len, True)
+
+
+def attn_fwd_int8(q, k, v, scale, kv_len):
+    """The "int8" precision's attn_fwd on this kernel (kv_len >= 1)."""
+    B, Sq, H, _ = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    launch_int8(q, k, v, out, lse, scale, kv_len, False)
+    return out, lse

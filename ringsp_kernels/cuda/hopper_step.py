@@ -29,15 +29,18 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
-def _producer(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, b, col, n_tiles,
-              BLOCK_N: gl.constexpr):
+def _producer(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, b, col, n_tiles, k_row0,
+              BLOCK_N: gl.constexpr, QK_INT8: gl.constexpr):
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     for j in range(n_tiles):
         s = j % STAGES
         ph = (j // STAGES) & 1
         mbarrier.wait(k_empty.index(s), ph ^ 1)
         mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-        _tma_load(k_desc, [b, j * BLOCK_N, col], k_ready.index(s), k_bufs.index(s))
+        if QK_INT8:  # quantised K: [B*H*k_rows, D], zero-padded past kv_len within each head
+            _tma_load(k_desc, [k_row0 + j * BLOCK_N, 0], k_ready.index(s), k_bufs.index(s))
+        else:
+            _tma_load(k_desc, [b, j * BLOCK_N, col], k_ready.index(s), k_bufs.index(s))
         mbarrier.wait(v_empty.index(s), ph ^ 1)
         mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
         _tma_load(v_desc, [b, j * BLOCK_N, col], v_ready.index(s), v_bufs.index(s))
@@ -71,9 +74,10 @@ def _tile_offsets(row0, Sq, stride_as, stride_ls, BLOCK_M: gl.constexpr, HEAD_DI
 
 
 @gluon.jit
-def _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq, HAS_STATE: gl.constexpr,
+def _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq, shift, HAS_STATE: gl.constexpr,
                 BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, o_layout: gl.constexpr, row_l: gl.constexpr):
-    """The softmax's start: the running state as (max, sum, numerator) = (lse, 1, acc), or empty."""
+    """The softmax's start: the running state as (max, sum, numerator) = (lse, 1, acc), or empty.
+    `shift` (None, or per row in row_l): the score shift of K's smoothing, taken off the max."""
     if HAS_STATE:
         rows, acc_off, lse_off, row_ok = _tile_offsets(row0, Sq, stride_as, stride_ls, BLOCK_M, HEAD_DIM, o_layout)
         m_o = gl.load(LseIn + lse_base + lse_off, mask=row_ok, other=float("-inf")) * 1.4426950408889634
@@ -81,6 +85,8 @@ def _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq
         # rows that have seen no key hold nothing: a ring's first step reads no state
         acc = gl.load(AccIn + acc_base + acc_off, mask=gl.expand_dims(row_ok & seen, 1), other=0.0)
         m_i = gl.convert_layout(m_o, row_l)
+        if shift is not None:
+            m_i = m_i - shift
         l_i = gl.where(m_i > float("-inf"), 1.0, 0.0)
     else:
         acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
@@ -90,10 +96,12 @@ def _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq
 
 
 @gluon.jit
-def _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i,
+def _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i, shift,
                  BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, o_layout: gl.constexpr):
     """Writes the normalised numerator (Acc's dtype) and the log-sum-exp (natural log)."""
     orow_l: gl.constexpr = gl.SliceLayout(1, o_layout)
+    if shift is not None:
+        m_i = m_i + shift
     has = l_i > 0.0
     l_safe = gl.where(has, l_i, 1.0)
     lse = gl.where(has, (m_i + gl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
@@ -105,28 +113,50 @@ def _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, a
 
 
 @gluon.jit
+def _dequant(s_acc, row_a, KScale, ks_base, col0, s_layout: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Integer Q.K^T of one tile as log2-domain scores: times the row's (Q scale x qk_scale)
+    and each key's K scale (KScale is padded like K, so the last tile reads in bounds)."""
+    cols = col0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    ksc = gl.load(KScale + ks_base + cols)
+    return s_acc.to(gl.float32) * gl.expand_dims(row_a, 1) * gl.expand_dims(ksc, 0)
+
+
+@gluon.jit
 def _consumer(q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, turn,
               AccIn, LseIn, Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, kv_len, qk_scale,
+              QRow, QShift, KScale, ks_base,
               HAS_STATE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              HALF: gl.constexpr):
-    """One consumer warpgroup: its BLOCK_M query rows over every K/V tile."""
+              HALF: gl.constexpr, QK_INT8: gl.constexpr):
+    """One consumer warpgroup: its BLOCK_M query rows over every K/V tile. QK_INT8: Q and K are
+    int8 (Q per row, K per key after smoothing; QRow = Q scale x qk_scale, QShift = q.mu x
+    qk_scale per row, KScale per key), Q.K^T exact in int32; P.V stays in V's dtype."""
     STAGES: gl.constexpr = k_bufs.type.shape[0]
     q_smem = q_bufs.index(HALF)
     row0 = row0 + HALF * BLOCK_M
+    K_INSTR: gl.constexpr = 32 if QK_INT8 else 16  # wgmma's K: 32 bytes
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
+                                                       instr_shape=[16, BLOCK_N, K_INSTR])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_l: gl.constexpr = gl.SliceLayout(1, s_layout)
     orow_l: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    m_i, l_i, acc = _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq, HAS_STATE,
+    if QK_INT8:
+        q_rows = row0 + gl.arange(0, BLOCK_M, layout=row_l)
+        q_off = lse_base + q_rows * stride_ls
+        row_a = gl.load(QRow + q_off, mask=q_rows < Sq, other=0.0)
+        shift = gl.load(QShift + q_off, mask=q_rows < Sq, other=0.0)
+        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, s_layout)
+        qk_scale = 1.0  # in row_a
+    else:
+        shift = None
+        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    m_i, l_i, acc = _load_state(AccIn, LseIn, acc_base, lse_base, stride_as, stride_ls, row0, Sq, shift, HAS_STATE,
                                 BLOCK_M, HEAD_DIM, o_layout, row_l)
 
     n_tiles = gl.cdiv(kv_len, BLOCK_N)
     n_full = kv_len // BLOCK_N
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     mbarrier.wait(q_bar, 0)
 
     # tile 0
@@ -135,6 +165,8 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
                           use_acc=False, is_async=True)
     s_acc = warpgroup_mma_wait(0, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(0), count=1)
+    if QK_INT8:
+        s_acc = _dequant(s_acc, row_a, KScale, ks_base, 0, s_layout, BLOCK_N)
     if n_full > 0:
         p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, 0, kv_len, s_layout, BLOCK_N, False)
     else:
@@ -158,6 +190,8 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         mbarrier.arrive(turn.index(1 - HALF), count=1)
         s_acc = warpgroup_mma_wait(1, deps=(s_tok,))
         mbarrier.arrive(k_empty.index(s), count=1)
+        if QK_INT8:
+            s_acc = _dequant(s_acc, row_a, KScale, ks_base, j * BLOCK_N, s_layout, BLOCK_N)
         if j < n_full:
             p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, j * BLOCK_N, kv_len, s_layout, BLOCK_N, False)
         else:
@@ -173,7 +207,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
     mbarrier.arrive(v_empty.index(last), count=1)
 
-    _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i,
+    _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i, shift,
                  BLOCK_M, HEAD_DIM, o_layout)
 
 
@@ -181,12 +215,16 @@ def _consumer(q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
 def ring_step_kernel(q_desc, k_desc, v_desc, AccIn, LseIn, Acc, Lse,
                      qk_scale, kv_len, Sq, H,
                      stride_ab, stride_as, stride_ah, stride_lb, stride_lh, stride_ls,
+                     QRow, QShift, KScale, k_rows,
                      HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, HAS_STATE: gl.constexpr):
+                     STAGES: gl.constexpr, HAS_STATE: gl.constexpr, QK_INT8: gl.constexpr):
     """Program (query tile, batch * head). q_desc: [B*Sq, H*D] tiles of BLOCK_M // 2 rows;
     k_desc / v_desc: [B, kv_len, H*D] tiles of [1, BLOCK_N, D]. Acc / Lse: the state (HAS_STATE,
     float32; AccIn / LseIn the same tensors, passed twice so that the compiler does not keep the
-    load's addresses alive for the store) or the output in q's dtype and its lse."""
+    load's addresses alive for the store) or the output in q's dtype and its lse.
+    QK_INT8 (the "int8" precision): q_desc is int8 Q, k_desc int8 K as [B*H*k_rows, D] tiles of
+    [BLOCK_N, D], QRow / QShift [B, H, Sq] with Lse's strides, KScale [B*H, k_rows]; else those
+    four are None."""
     CONSUMERS: gl.constexpr = 2
     ROWS: gl.constexpr = BLOCK_M // CONSUMERS
     pid_m = gl.program_id(0)
@@ -221,13 +259,16 @@ def ring_step_kernel(q_desc, k_desc, v_desc, AccIn, LseIn, Acc, Lse,
     n_tiles = gl.cdiv(kv_len, BLOCK_N)
     acc_base = b * stride_ab + h * stride_ah
     lse_base = b * stride_lb + h * stride_lh
+    ks_base = 0
+    if QK_INT8:
+        ks_base = pid_bh * k_rows
     gl.warp_specialize([
         (_consumer, (q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, turn,
                      AccIn, LseIn, Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, kv_len,
-                     qk_scale, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 0)),
+                     qk_scale, QRow, QShift, KScale, ks_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 0, QK_INT8)),
         (_consumer, (q_bufs, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, turn,
                      AccIn, LseIn, Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, kv_len,
-                     qk_scale, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 1)),
+                     qk_scale, QRow, QShift, KScale, ks_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 1, QK_INT8)),
         (_producer, (k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, b, col, n_tiles,
-                     BLOCK_N)),
+                     ks_base, BLOCK_N, QK_INT8)),
     ], [4, 1], [240, 24])

@@ -280,6 +280,50 @@ def q8_attn_kernel(
     tl.store(acc_ptrs, out.to(Acc.dtype.element_ty), mask=tile_mask)
 
 
+@triton.jit
+def _q_int8_kernel(
+    Q, Mu, Q8, RowA, Shift, qk_scale, Sq, H,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_rb, stride_rh, stride_rs,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+):
+    """Q rounded to int8 per row, as q8_attn_kernel does in registers, for the Hopper kernel's
+    integer Q.K^T: Q8 [B, Sq, H, HEAD_DIM] contiguous; RowA = the row's scale x qk_scale and
+    Shift = q.mu x qk_scale (the score shift of K's smoothing), both [B, H, Sq], log2 units."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Sq
+    mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+                mask=mask, other=0.0).to(tl.float32)
+    mu = tl.load(Mu + bh * BLOCK_D + offs_d)
+    amax = tl.max(tl.abs(q), 1)
+    sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
+    q8 = _to_int8(q / sq[:, None])
+    tl.store(Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :], q8, mask=mask)
+    r_off = b * stride_rb + h * stride_rh + offs_m * stride_rs
+    tl.store(RowA + r_off, sq * qk_scale, mask=row_ok)
+    tl.store(Shift + r_off, tl.sum(q * mu[None, :], 1) * qk_scale, mask=row_ok)
+
+
+def quantise_q_int8(q, mu, qk_scale, lse):
+    """(Q8 [B, Sq, H, D] int8, RowA, Shift) for q and a KV block's mean `mu` (prepare_kv's);
+    RowA and Shift are laid out like `lse` [B, H, Sq], whose strides the kernel reads them with."""
+    B, Sq, H, D = q.shape
+    q8 = torch.empty((B, Sq, H, D), dtype=torch.int8, device=q.device)
+    row_a = torch.empty_strided(lse.shape, lse.stride(), dtype=torch.float32, device=q.device)
+    shift = torch.empty_strided(lse.shape, lse.stride(), dtype=torch.float32, device=q.device)
+    rows = 16 if INTERPRET else 64
+    _q_int8_kernel[(triton.cdiv(Sq, rows), B * H)](q, mu, q8, row_a, shift, qk_scale, Sq, H, *q.stride(),
+                                                   *lse.stride(), HEAD_DIM=D, BLOCK_D=block_d(D), ROWS=rows,
+                                                   num_warps=4)
+    return q8, row_a, shift
+
+
 # (BLOCK_M, BLOCK_N, warps, stages). Every entry is a shape Triton's Hopper and Ada lowering
 # accepts for 8-bit dots (M a multiple of 64 per 4 warps, N and K >= 32); the first is the
 # bf16 kernel's best on H100. Few on purpose: each is a compile per (precision, head dim,

@@ -54,6 +54,13 @@ def test_the_kernel_compiles_for_sm90_with_wgmma_and_fits_shared_memory(D, block
     assert got["shared"] <= 232448, got  # sm90's opt-in shared memory per block
 
 
+@pytest.mark.slow
+def test_the_int8_variant_compiles_to_an_integer_qk_and_a_16_bit_pv():
+    got = aot("library-int8", 128, 128, 2, 1)
+    assert got["int8_wgmma"] and got["bf16_wgmma"] and got["tma"] and got["setmaxnreg"], got
+    assert got["shared"] <= 232448, got
+
+
 def test_the_automatic_choice_leaves_the_path_out_until_it_is_cleared(monkeypatch):
     import dataclasses
 

@@ -57,3 +57,62 @@ def test_a_strided_state():
         hopper.launch(q, k[:, a:b], v[:, a:b], acc, st, D ** -0.5, b - a, True, hopper.Config())
     assert_rows_close(acc.to(torch.bfloat16), st, *reference(q, k, v), torch.bfloat16, "hopper strided state")
     assert (wide[..., D:] == 0).all()
+
+
+# the "int8" precision on the same kernel (hopper.launch_int8): the kernel implements
+# fp8_reference's int8 scheme (same rounding; what differs is float32 summation order and exp2),
+# and the scheme holds its accuracy gate against float64 (test_fp8_gpu.py's tolerances)
+INT8_KERNEL_TOL, INT8_LSE_TOL, INT8_GATE = 4e-3, 2e-3, (0.9999, 1.5e-2)
+INT8_CASES = [  # B, Sq, Sk, H, D, kv_len
+    (1, 1000, 1024, 2, 128, 777),
+    (2, 300, 500, 3, 128, None),
+    (1, 70, 40, 1, 128, 13),
+    (2, 1000, 3001, 5, 64, 2999),
+]
+
+
+def _int8_inputs(case, seed):
+    B, Sq, Sk, H, D, kv_len = case
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = rand((B, Sq, H, D), torch.bfloat16, g), rand((B, Sk, H, D), torch.bfloat16, g), \
+        rand((B, Sk, H, D), torch.bfloat16, g)
+    off = torch.zeros(D, device="cuda")
+    off[::8] = 20.0  # channel offsets common to all keys: what K's smoothing removes
+    k = (k.float() + off).to(torch.bfloat16)
+    n = Sk if kv_len is None else kv_len
+    k[:, n:], v[:, n:] = float("nan"), float("nan")
+    return q, k, v, n
+
+
+@pytest.mark.parametrize("case", INT8_CASES, ids=str)
+@pytest.mark.parametrize("config", [hopper.Config(), hopper.Config(block_n=64, stages=3)], ids=str)
+def test_int8_fwd_and_chain_match_the_scheme_and_its_gate(config, case):
+    from ringsp_kernels import fp8_reference as fr
+
+    q, k, v, n = _int8_inputs(case, seed=case[1] + case[2])
+    B, Sq, _, H, D, _ = case
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Sq), float("nan"), device="cuda")
+    hopper.launch_int8(q, k, v, out, lse, D ** -0.5, n, False, config)
+    ref_out, ref_lse = fr.attn_q8_reference(q, k, v, kv_len=n, precision="int8", block_n=config.block_n)
+    assert fr.accuracy(out, ref_out)[1] < INT8_KERNEL_TOL and (lse - ref_lse).abs().max() < INT8_LSE_TOL
+    cos, rel = fr.accuracy(out, reference(q, k, v, n)[0])
+    print(f"hopper int8 {config} {case}: cos {cos:.6f} rel {rel:.2e} vs float64")
+    assert cos >= INT8_GATE[0] and rel <= INT8_GATE[1], (cos, rel)
+
+    # a ring's blocks in reverse order, a native step among them: one state
+    acc = torch.zeros(B, Sq, H, D, device="cuda")
+    st = torch.full((B, H, Sq), float("-inf"), device="cuda")
+    ref_acc, ref_st = acc.clone(), st.clone()
+    cuts = [0, n // 3, 2 * n // 3 + 1, n]
+    for i, (a, b) in enumerate(reversed(list(zip(cuts, cuts[1:])))):
+        if b == a:
+            continue
+        kb, vb = k[:, a:b].contiguous(), v[:, a:b].contiguous()
+        if i == 1:
+            hopper.launch(q, kb, vb, acc, st, D ** -0.5, b - a, True, config)
+            hopper.launch(q, kb, vb, ref_acc, ref_st, D ** -0.5, b - a, True, config)
+        else:
+            hopper.launch_int8(q, kb, vb, acc, st, D ** -0.5, b - a, True, config)
+            fr.step_q8_reference_(q, kb, vb, ref_acc, ref_st, kv_len=b - a, precision="int8", block_n=config.block_n)
+    assert fr.accuracy(acc, ref_acc)[1] < INT8_KERNEL_TOL and (st - ref_st).abs().max() < INT8_LSE_TOL
