@@ -2,9 +2,10 @@
 validates `precision`; the kernels are triton_fp8.py's), which GPUs can run them, and which
 kernel config runs a shape.
 
-The config is a dispatch-table choice like the native kernels' (op "fp8_fwd", "int8_step",
-...): measured once per shape class in local mode, rank 0's table (or its fallback rule) in
-consistent mode. The kernel's rounding depends on its key tile size, so ranks that computed
+The config -- and, for "int8", whether ringsp's Hopper kernel runs it instead (once cleared,
+hopper.AUTO_INT8) -- is a dispatch-table choice like the native kernels' (op "fp8_fwd",
+"int8_step", ...): measured once per shape class in local mode, rank 0's table (or its
+fallback rule) in consistent mode. The kernel's rounding depends on its key tile size, so ranks that computed
 their own choice could return different replicated text outputs; the agreed table rules that
 out."""
 import functools
@@ -16,12 +17,12 @@ from triton.runtime.errors import TritonError
 from .. import caches, dispatch
 from ..checks import default_scale
 from ..fp8_reference import PRECISIONS
-from . import ops, timing
+from . import hopper, ops, timing
 from .triton_attn import capability, capturing
 
 log = logging.getLogger("ringsp")
 MIN_CAPABILITY = {"fp8": (8, 9), "int8": (8, 0)}
-_PLANS = {}  # (device index, q.shape, Sk, dtype, op) -> (BLOCK_M, BLOCK_N, warps, stages)
+_PLANS = {}  # (device index, q.shape, Sk, dtype, op) -> (path, (BLOCK_M, BLOCK_N, warps, stages))
 dispatch.on_change(_PLANS.clear)
 caches.register("cuda 8-bit plans", _PLANS.clear)
 
@@ -46,27 +47,43 @@ def _shape_key(q, k, op):
     return (q.get_device(), tuple(q.shape), k.shape[1], q.dtype, op)
 
 
-def block(q, k, v, scale, kv_len, precision, has_state):
-    """(BLOCK_M, BLOCK_N, warps, stages) for this call, from the dispatch table of its class;
-    a class no table knows is timed (local mode, not during a CUDA graph capture)."""
+def usable_paths(q, precision):
+    """The 8-bit paths this process may measure and choose for q: the Triton kernel, and the
+    Hopper kernel's int8 variant where it is cleared for automatic use (hopper.AUTO_INT8)."""
+    paths = {"triton"}
+    if precision == "int8" and hopper.AUTO_INT8 and hopper.usable(q):
+        paths.add("hopper")
+    return paths
+
+
+def plan(q, k, v, scale, kv_len, precision, has_state):
+    """(path, (BLOCK_M, BLOCK_N, warps, stages)) for this call, from the dispatch table of its
+    class; a class no table knows is timed (local mode, not during a CUDA graph capture)."""
     op = op_name(precision, has_state)
     local = _shape_key(q, k, op)
-    cfg = _PLANS.get(local)
-    if cfg is None:
+    got = _PLANS.get(local)
+    if got is None:
         B, Sq, H, D = q.shape
         key = dispatch.class_key(ops.device_name(q.get_device()), q.dtype, D, H, B, Sq, k.shape[1], op)
         in_capture = capturing()
         measure = None if in_capture else functools.partial(measure_class, q, k, v, scale, kv_len, precision,
                                                            has_state)
-        cfg = tuple(dispatch.resolve(key, ops.versions(), measure)["config"][:4])
+        entry = dispatch.resolve(key, ops.versions(), measure)
+        got = (dispatch.choose(entry, usable_paths(q, precision)), tuple(entry["config"][:4]))
         if not in_capture:
-            _PLANS[local] = cfg
-    return cfg
+            _PLANS[local] = got
+    return got
+
+
+def block(q, k, v, scale, kv_len, precision, has_state):
+    """The Triton 8-bit kernel's config for this call (plan()'s)."""
+    return plan(q, k, v, scale, kv_len, precision, has_state)[1]
 
 
 def measure_class(q, k, v, scale, kv_len, precision, has_state):
-    """Times every config of the 8-bit kernel on this call's inputs (into scratch state) and
-    returns the dispatch entry; configs the compiler refuses drop out."""
+    """Times every config of the 8-bit kernel (and the Hopper int8 kernel where usable) on this
+    call's inputs, into scratch state, and returns the dispatch entry; candidates that fail
+    (a config the compiler refuses) drop out."""
     from . import triton_fp8
 
     B, Sq, H, _ = q.shape
@@ -76,14 +93,19 @@ def measure_class(q, k, v, scale, kv_len, precision, has_state):
     cfgs = {ops.cfg_name(cfg): cfg for cfg in triton_fp8.CONFIGS}
     fns = {name: functools.partial(triton_fp8.attend, q, k, v, acc, lse, scale, kv_len, int8, has_state, cfg)
            for name, cfg in cfgs.items()}
+    if "hopper" in usable_paths(q, precision):
+        fns["hopper"] = functools.partial(hopper.launch_int8, q, k, v, acc, lse, scale, kv_len, has_state)
     try:
         samples = timing.compare(fns, cuda=q.is_cuda)
-    except RuntimeError:  # not one config compiled here
+    except RuntimeError:  # not one candidate ran here
         log.warning("ringsp: no 8-bit attention config compiled for q %s (%s); using %s",
                     tuple(q.shape), precision, triton_fp8.FALLBACK)
         return {"path": "triton", "config": [*triton_fp8.FALLBACK, False], "ms": {}}
     ms = {n: timing.quartiles(s)[1] for n, s in samples.items()}
-    return {"path": "triton", "config": [*cfgs[timing.ranked(samples)[0]], False], "ms": ms}
+    order = timing.ranked(samples)
+    tri = [n for n in order if n in cfgs]
+    config = cfgs[tri[0]] if tri else triton_fp8.FALLBACK
+    return {"path": dispatch.path_of(order[0]), "config": [*config, False], "ms": ms}
 
 
 def _attend(q, k, v, acc, lse, scale, kv_len, precision, has_state):
@@ -92,14 +114,39 @@ def _attend(q, k, v, acc, lse, scale, kv_len, precision, has_state):
     if not q.is_cuda:  # Triton's interpreter (tests): nothing to choose
         triton_fp8.attend(q, k, v, acc, lse, scale, kv_len, precision == "int8", has_state)
         return
-    run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state,
-                block(q, k, v, scale, kv_len, precision, has_state))
+    path, cfg = plan(q, k, v, scale, kv_len, precision, has_state)
+    if path == "hopper" and _hopper_ran(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
+        return
+    run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg)
+
+
+def _refuse_alone(what, reason, error):
+    """In consistent mode a rank must not change its kernel alone: raise, naming what failed."""
+    if dispatch.consistent():
+        raise RuntimeError(f"ringsp: {what}: {reason}. The ranks of a group run what their agreed kernel "
+                           "table chose; re-tune on this GPU (python -m ringsp_kernels.cuda.tune "
+                           "--precision fp8,int8)") from error
+
+
+def _hopper_ran(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
+    """The Hopper int8 kernel; False where it failed before launching (local mode: this shape
+    runs the Triton kernel from now on, with a warning)."""
+    try:
+        hopper.launch_int8(q, k, v, acc, lse, scale, kv_len, has_state)
+    except TritonError as e:  # raised while compiling, before the launch: the state is untouched
+        what = f"the hopper int8 kernel does not compile for q {tuple(q.shape)}"
+        reason = (str(e).splitlines() or [""])[0][:200]
+        _refuse_alone(what, reason, e)
+        log.warning("ringsp: %s (%s); using the Triton 8-bit kernel for this shape", what, reason)
+        _PLANS[_shape_key(q, k, op_name(precision, has_state))] = ("triton", cfg)
+        return False
+    return True
 
 
 def run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
-    """The kernel with config `cfg`. One that does not compile on this GPU: in local mode
-    FALLBACK runs this shape from now on (with a warning); in consistent mode it raises --
-    one rank must not change the tile size alone."""
+    """The Triton 8-bit kernel with config `cfg`. One that does not compile on this GPU: in
+    local mode FALLBACK runs this shape from now on (with a warning); in consistent mode it
+    raises -- one rank must not change the tile size alone."""
     from . import triton_fp8
 
     int8 = precision == "int8"
@@ -110,12 +157,9 @@ def run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
             raise
         what = f"8-bit attention config {list(cfg)} does not compile for q {tuple(q.shape)} ({precision})"
         reason = (str(e).splitlines() or [""])[0][:200]
-        if dispatch.consistent():
-            raise RuntimeError(f"ringsp: {what}: {reason}. The ranks of a group run the config of their "
-                               "agreed kernel table; re-tune on this GPU (python -m ringsp_kernels.cuda.tune "
-                               "--precision fp8,int8)") from e
+        _refuse_alone(what, reason, e)
         log.warning("ringsp: %s (%s); using %s for this shape", what, reason, triton_fp8.FALLBACK)
-        _PLANS[_shape_key(q, k, op_name(precision, has_state))] = triton_fp8.FALLBACK
+        _PLANS[_shape_key(q, k, op_name(precision, has_state))] = ("triton", triton_fp8.FALLBACK)
         triton_fp8.attend(q, k, v, acc, lse, scale, kv_len, int8, has_state, triton_fp8.FALLBACK)
 
 

@@ -150,3 +150,53 @@ def test_tune_measures_the_8bit_classes_of_each_shape():
     assert tune._parse_shape("1,64,64,2,128,int8_step") == (1, 64, 64, 2, 128, "int8_step")
     with pytest.raises(Exception, match="--precision takes"):
         tune._parse_precisions("fp8,fp4")
+
+
+@pytest.fixture
+def hopper_int8(monkeypatch):
+    """The Hopper int8 kernel as a usable, cleared candidate whose launch is `fn`."""
+    from ringsp_kernels.cuda import hopper
+
+    def use(fn):
+        monkeypatch.setattr(hopper, "AUTO_INT8", True)
+        monkeypatch.setattr(hopper, "usable", lambda q: True)
+        monkeypatch.setattr(hopper, "launch_int8", fn)
+    return use
+
+
+def test_the_hopper_int8_kernel_is_measured_and_chosen_where_it_is_faster(monkeypatch, hopper_int8):
+    import time
+
+    calls = []
+    hopper_int8(lambda *a: calls.append(a))
+    monkeypatch.setattr(triton_fp8, "attend", lambda *a: time.sleep(0.002))
+    q, k, v = qkv()
+    entry = q8.measure_class(q, k, v, 0.125, 500, "int8", True)
+    assert entry["path"] == "hopper" and calls
+    assert tuple(entry["config"][:4]) in triton_fp8.CONFIGS  # the Triton kernel's best, for who cannot run hopper
+    assert set(entry["ms"]) == {ops.cfg_name(c) for c in triton_fp8.CONFIGS} | {"hopper"}
+    assert q8.usable_paths(q, "fp8") == {"triton"}  # the Hopper variant is int8's only
+
+
+def test_a_table_choosing_hopper_runs_triton_where_hopper_is_not_cleared(monkeypatch):
+    q, k, v = qkv()
+    key = dispatch.class_key(DEV, q.dtype, 64, 3, 1, 300, 500, "int8_step")
+    entry = {"path": "hopper", "config": [64, 128, 4, 3, False], "ms": {"hopper": 1.0, "triton:64,128,4,3": 2.0}}
+    dispatch.install({"format": dispatch.FORMAT, "entries": {key: entry}})
+    assert q8.plan(q, k, v, 0.125, 500, "int8", True) == ("triton", (64, 128, 4, 3))  # AUTO_INT8 is off
+
+
+def test_a_hopper_int8_kernel_that_does_not_compile(monkeypatch, hopper_int8, caplog):
+    def refuse(*a):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    hopper_int8(refuse)
+    q, k, v = qkv()
+    acc, lse = torch.zeros(q.shape), torch.zeros(1, 3, 300)
+    with caplog.at_level(logging.WARNING, logger="ringsp"):
+        assert not q8._hopper_ran(q, k, v, acc, lse, 0.125, 500, "int8", True, (64, 128, 4, 3))
+    assert "using the Triton 8-bit kernel" in caplog.text
+    assert q8.plan(q, k, v, 0.125, 500, "int8", True) == ("triton", (64, 128, 4, 3))
+    dispatch.install({"format": dispatch.FORMAT, "entries": {}})
+    with pytest.raises(RuntimeError, match="agreed kernel table"):
+        q8._hopper_ran(q, k, v, acc, lse, 0.125, 500, "int8", True, (64, 128, 4, 3))
