@@ -2,7 +2,7 @@
 # One GPU (H100/H200): the 8-bit attention precisions ("fp8", "int8").
 #  - tests/kernels/test_fp8_gpu.py: the Triton kernels against fp8_reference and float64
 #    (every kernel config, chains mixing precisions, NaN padding, empty blocks), then the
-#    CPU tests of test_fp8.py;
+#    CPU tests of test_fp8.py, and the Hopper kernel's int8 variant (test_hopper_gpu.py -k int8);
 #  - python -m ringsp_kernels.cuda.tune --precision fp8,int8: the 8-bit classes of the kernel
 #    set measured into OUT/dispatch_q8.json (merge into ringsp_kernels/tables/dispatch.json);
 #  - ringsp_bench.fp8: TFLOP/s and accuracy of ringsp fp8/int8 (attn_fwd, 4-step chain) next to
@@ -22,7 +22,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 echo "setup: $(( $(date +%s) - t0 )) s" | tee "$out/fp8_times.txt"
 
 t1=$(date +%s)
-timeout 90 python3 -m pytest tests/kernels/test_fp8_gpu.py tests/kernels/test_fp8.py -v -p no:cacheprovider -rfE \
+timeout 150 python3 -m pytest tests/kernels/test_fp8_gpu.py tests/kernels/test_fp8.py tests/kernels/test_hopper_gpu.py -k "int8 or fp8" -v -p no:cacheprovider -rfE \
   --durations=8 > "$out/fp8_tests.txt" 2>&1 || true
 echo "tests: $(( $(date +%s) - t1 )) s" | tee -a "$out/fp8_times.txt"
 
