@@ -81,7 +81,7 @@ def hopper_int8(rk, q, k, v):
             a, b = i * S // 4, (i + 1) * S // 4
             hopper.launch_int8(q, k[:, a:b], v[:, a:b], acc, lse, scale, b - a, True)
         return rk.finalize(acc, lse, q.dtype)
-    return {"hopper int8 attn_fwd": lambda: hopper.attn_fwd_int8(q, k, v, scale, S)[0], "hopper int8 chain4": chain4}
+    return {"hopper int8 attn_fwd": lambda: hopper.attn_fwd(q, k, v, scale, S, int8=True)[0], "hopper int8 chain4": chain4}
 
 
 def float64_rows(q, k, v, idx):

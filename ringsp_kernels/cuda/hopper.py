@@ -2,7 +2,7 @@
 sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
 
     usable(q)                                   sm90, fp16/bf16, head dim 64 or 128, Gluon present
-    attn_fwd(q, k, v, scale, kv_len)            -> (out in q's dtype, lse float32 [B, H, Sq])
+    attn_fwd(q, k, v, scale, kv_len[, int8])    -> (out in q's dtype, lse float32 [B, H, Sq])
     attn_step_(q, k, v, acc, lse, scale, kv_len)   one ring step into the state, in place
     launch(..., config=Config(...))             another tile shape (benchmarks, tests)
     launch_int8(q, k, v, acc, lse, scale, kv_len, has_state)
@@ -146,22 +146,15 @@ def launch_int8(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
                                HAS_STATE=has_state, QK_INT8=True, num_warps=4, maxnreg=MAXNREG)
 
 
-def attn_fwd(q, k, v, scale, kv_len):
+def attn_fwd(q, k, v, scale, kv_len, int8=False):
+    """(out, lse); int8: the "int8" precision's scheme (launch_int8; kv_len >= 1)."""
     B, Sq, H, _ = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    launch(q, k, v, out, lse, scale, kv_len, False)
+    (launch_int8 if int8 else launch)(q, k, v, out, lse, scale, kv_len, False)
     return out, lse
 
 
 def attn_step_(q, k, v, acc, lse, scale, kv_len):
     launch(q, k, v, acc, lse, scale, kv_len, True)
 
-
-def attn_fwd_int8(q, k, v, scale, kv_len):
-    """The "int8" precision's attn_fwd on this kernel (kv_len >= 1)."""
-    B, Sq, H, _ = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    launch_int8(q, k, v, out, lse, scale, kv_len, False)
-    return out, lse
