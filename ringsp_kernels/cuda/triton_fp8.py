@@ -207,6 +207,24 @@ def _q8_tile(q8, row_a, m_i, l_i, acc, K8, KScale, V, V8t, b, h, bh, start_n, kv
     return m_new, l_i, acc
 
 
+@triton.jit
+def _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
+            BLOCK_D: tl.constexpr):
+    """A query tile in float32 and its score shift q.mu x qk_scale (what K's smoothing took
+    off every score of the row, log2 units)."""
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+                mask=mask, other=0.0).to(tl.float32)
+    mu = tl.load(Mu + bh * BLOCK_D + offs_d)
+    return q, tl.sum(q * mu[None, :], 1) * qk_scale
+
+
+@triton.jit
+def _int8_rows(q, amax):
+    """q rounded to int8 per row (scale amax / 127, 1 for an all-zero row) and that scale."""
+    sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
+    return _to_int8(q / sq[:, None]), sq
+
+
 @triton.jit(do_not_specialize=["kv_len", "Sq", "Skp"])
 def q8_attn_kernel(
     Q, K8, KScale, Mu, V, V8t, VScale, Acc, Lse,
@@ -229,14 +247,11 @@ def q8_attn_kernel(
     row_ok = offs_m < Sq
     tile_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
-                mask=tile_mask, other=0.0).to(tl.float32)
-    mu = tl.load(Mu + bh * BLOCK_D + offs_d)
-    c = tl.sum(q * mu[None, :], 1) * qk_scale  # the score shift K's smoothing took off, log2 units
+    q, c = _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, tile_mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
+                   BLOCK_D)
     amax = tl.max(tl.abs(q), 1)
     if QK_INT8:
-        sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
-        q8 = _to_int8(q / sq[:, None])
+        q8, sq = _int8_rows(q, amax)
         row_a = sq * qk_scale
         sv = tl.full([BLOCK_D], 1.0, tl.float32)
     else:
@@ -298,16 +313,13 @@ def _q_int8_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Sq
     mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
-                mask=mask, other=0.0).to(tl.float32)
-    mu = tl.load(Mu + bh * BLOCK_D + offs_d)
-    amax = tl.max(tl.abs(q), 1)
-    sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
-    q8 = _to_int8(q / sq[:, None])
+    q, c = _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
+                   BLOCK_D)
+    q8, sq = _int8_rows(q, tl.max(tl.abs(q), 1))
     tl.store(Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :], q8, mask=mask)
     r_off = b * stride_rb + h * stride_rh + offs_m * stride_rs
     tl.store(RowA + r_off, sq * qk_scale, mask=row_ok)
-    tl.store(Shift + r_off, tl.sum(q * mu[None, :], 1) * qk_scale, mask=row_ok)
+    tl.store(Shift + r_off, c, mask=row_ok)
 
 
 def quantise_q_int8(q, mu, qk_scale, lse):
