@@ -134,12 +134,8 @@ def main(argv=None):
         if dist.get_rank() == 0:
             wf.print_table(rows)
             if args.json:
-                wf.write_json(args.json, {**base, "world_size": dist.get_world_size(),
-                                          "device": wf.device_info(device), "versions": wf.versions(),
-                                          "config": cfg, "seq_len": seq_len,
-                                          "attention_backend": "diffusers' default (none set)", "iters": args.iters,
-                                          "warmup": args.warmup, "compile": args.compile,
-                                          "cuda_graphs": args.cuda_graphs, "results": rows})
+                wf.write_json(args.json, wf.run_record(base, args, device, cfg, "diffusers' default (none set)", rows,
+                                                       seq_len=seq_len))
     finally:
         dist.destroy_process_group()
     return 0

@@ -170,12 +170,8 @@ def main(argv=None):
         if dist.get_rank() == 0:
             wf.print_table(rows)
             if args.json:
-                wf.write_json(args.json, {**base, "world_size": dist.get_world_size(),
-                                          "device": wf.device_info(device), "versions": wf.versions(),
-                                          "config": cfg, "attention_backend": backend, "iters": args.iters,
-                                          "warmup": args.warmup, "compile": args.compile,
-                                          "cuda_graphs": args.cuda_graphs, "text_len": args.text_len,
-                                          "text_valid": args.text_valid, "results": rows})
+                wf.write_json(args.json, wf.run_record(base, args, device, cfg, backend, rows, text_len=args.text_len,
+                                                       text_valid=args.text_valid))
     finally:
         dist.destroy_process_group()
     return 0

@@ -465,6 +465,15 @@ def print_table(rows):
               f"{compile_s:>9}")
 
 
+def run_record(base, args, device, cfg, backend, rows, **extra):
+    """The JSON record of one forward benchmark run (wan_forward, qwen_forward, dit_forward)."""
+    import torch.distributed as dist
+
+    return {**base, "world_size": dist.get_world_size(), "device": device_info(device), "versions": versions(),
+            "config": cfg, "attention_backend": backend, "iters": args.iters, "warmup": args.warmup,
+            "compile": args.compile, "cuda_graphs": args.cuda_graphs, **extra, "results": rows}
+
+
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
@@ -505,11 +514,7 @@ def main(argv=None):
         if dist.get_rank() == 0:
             print_table(rows)
             if args.json:
-                write_json(args.json, {**base, "world_size": dist.get_world_size(), "device": device_info(device),
-                                       "versions": versions(), "config": cfg, "attention_backend": backend,
-                                       "iters": args.iters, "warmup": args.warmup, "compile": args.compile,
-                                       "cuda_graphs": args.cuda_graphs, "text_len": args.text_len,
-                                       "results": rows})
+                write_json(args.json, run_record(base, args, device, cfg, backend, rows, text_len=args.text_len))
     finally:
         dist.destroy_process_group()
     return 0
