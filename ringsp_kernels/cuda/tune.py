@@ -76,10 +76,12 @@ def _parse_precisions(text):
 
 def with_precisions(shapes, precisions):
     """`shapes`, or with `precisions` the 8-bit classes of its native ones (and its 8-bit ones)."""
+    from ..dispatch import NATIVE_OPS
+
     if not precisions:
         return shapes
-    return ([(*s[:5], f"{p}_{s[5]}") for p in precisions for s in shapes if s[5] in ("fwd", "step")]
-            + [s for s in shapes if s[5] not in ("fwd", "step")])
+    return ([(*s[:5], f"{p}_{s[5]}") for p in precisions for s in shapes if s[5] in NATIVE_OPS]
+            + [s for s in shapes if s[5] not in NATIVE_OPS])
 
 
 def measure(shape, dtype=torch.bfloat16, seed=0):
