@@ -9,7 +9,8 @@ TFLOP/s = 4*B*H*Sq*Sk*D / median time of:
   fp8 chain4        init_state + 4 rk.attn_step_(..., precision="fp8") over S/4 key blocks + finalize
   fp8 quantise      the K/V quantisation alone (triton_fp8.prepare_kv), as a share of attn_fwd
   int8 attn_fwd / int8 chain4   the same with precision="int8"
-  hopper int8 attn_fwd / chain4 the "int8" scheme on ringsp's Hopper kernel (sm90; hopper.launch_int8)
+  hopper int8 / hopper fp8 attn_fwd / chain4   the scheme on ringsp's Hopper kernel (sm90;
+                    hopper.launch_q8, called directly, whether or not the dispatch may choose it)
   bf16 attn_fwd     rk.attn_fwd(q, k, v): ringsp's default bf16 path
   cudnn             torch.ops.aten._scaled_dot_product_cudnn_attention (bf16, with LSE)
   sage              sageattention.sageattn(q, k, v, tensor_layout="NHD") (INT8 Q.K, FP16 P.V)
@@ -26,6 +27,7 @@ import torch
 from .attn_kernels import SHAPES, flops, timed, versions
 
 ROWS = 256
+CHAINED = ("fp8", "int8", "hopper int8", "hopper fp8")  # the candidates timed as attn_fwd and chain4
 
 
 def chain(rk, q, k, v, precision):
@@ -59,16 +61,16 @@ def candidates(q, k, v, sage):
         "bf16 attn_fwd": lambda: rk.attn_fwd(q, k, v)[0],
         "cudnn": lambda: torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, True)[0].transpose(1, 2),
     }
-    out.update(hopper_int8(rk, q, k, v))
+    for precision in ("int8", "fp8"):
+        out.update(hopper_q8(rk, q, k, v, precision))
     if sage is not None:
         k_sage = k.clone()  # sageattn subtracts K's mean from k in place
         out["sage"] = lambda: sage(q, k_sage, v, tensor_layout="NHD")
     return out
 
 
-def hopper_int8(rk, q, k, v):
-    """The "int8" scheme on ringsp's warp-specialised Hopper kernel (sm90 only; not a dispatch
-    candidate yet, so called directly)."""
+def hopper_q8(rk, q, k, v, precision):
+    """An 8-bit scheme on ringsp's warp-specialised Hopper kernel (sm90 only)."""
     from ringsp_kernels.cuda import hopper
 
     if not hopper.usable(q):
@@ -79,9 +81,10 @@ def hopper_int8(rk, q, k, v):
         acc, lse = rk.init_state(q)
         for i in range(4):
             a, b = i * S // 4, (i + 1) * S // 4
-            hopper.launch_int8(q, k[:, a:b], v[:, a:b], acc, lse, scale, b - a, True)
+            hopper.launch_q8(q, k[:, a:b], v[:, a:b], acc, lse, scale, b - a, True, precision)
         return rk.finalize(acc, lse, q.dtype)
-    return {"hopper int8 attn_fwd": lambda: hopper.attn_fwd(q, k, v, scale, S, int8=True)[0], "hopper int8 chain4": chain4}
+    return {f"hopper {precision} attn_fwd": lambda: hopper.attn_fwd(q, k, v, scale, S, precision)[0],
+            f"hopper {precision} chain4": chain4}
 
 
 def float64_rows(q, k, v, idx):
@@ -143,7 +146,7 @@ def measure(name, S, H, D, args, sage, bench):
     cudnn = ms.get("cudnn")
     if isinstance(cudnn, float):
         entry["ratio_to_cudnn"] = {c: cudnn / m for c, m in ms.items() if isinstance(m, float)}
-    for p in ("fp8", "int8", "hopper int8"):
+    for p in CHAINED:
         fwd, ch = ms.get(f"{p} attn_fwd"), ms.get(f"{p} chain4")
         if isinstance(fwd, float) and isinstance(ch, float):
             entry[f"{p.replace(' ', '_')}_chain_over_fwd"] = ch / fwd
@@ -164,7 +167,7 @@ def print_entry(name, e):
         ratio = e.get("ratio_to_cudnn", {}).get(cand, 0)
         print(f"  {cand:14s} {m:9.3f} ms {e['tflops'][cand]:7.1f} TFLOP/s x{ratio:.3f} of cuDNN"
               f" | randn {fmt(acc)} | K outliers {fmt(acco)}")
-    keys = ("fp8_chain_over_fwd", "int8_chain_over_fwd", "hopper_int8_chain_over_fwd", "fp8_quantise_share")
+    keys = tuple(f"{p.replace(' ', '_')}_chain_over_fwd" for p in CHAINED) + ("fp8_quantise_share",)
     print("  " + "  ".join(f"{k}={e[k]:.3f}" for k in keys if k in e))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One sm90 GPU, one call (~8 min): the hopper kernel's configs and the persistent candidate
-# (check + time), the GPU kernel tests (the int8 variant's are bench/device/fp8.sh's), then
+# (check + time), the GPU kernel tests (the 8-bit variants' are bench/device/fp8.sh's), then
 # ringsp_bench.attn_kernels and ringsp_bench.ring_rank with the hopper rows; measured dispatch
 # choices land in OUT/cache.
 # Usage (repo root): bash bench/device/hopper.sh OUTDIR
@@ -14,7 +14,7 @@ timeout 150 python3 setup.py -q build_ext --inplace > /tmp/build.txt 2>&1 || tai
 v="$out/hopper_variants.json"
 timeout 200 python3 -m ringsp_bench.hopper_variants --json "$v" --reps 30 --timeout 40 2>&1 | tee -a "$log"
 echo "### tests/kernels/test_hopper_gpu.py tests/bench/test_hopper_persistent.py" | tee -a "$log"
-timeout 120 python3 -m pytest tests/kernels/test_hopper_gpu.py tests/bench/test_hopper_persistent.py -k "not int8" -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
+timeout 120 python3 -m pytest tests/kernels/test_hopper_gpu.py tests/bench/test_hopper_persistent.py -k "not q8" -q -p no:cacheprovider -rfE 2>&1 | tail -12 | tee -a "$log"
 timeout 100 python3 -m ringsp_bench.attn_kernels --reps 25 --rounds 1 --json "$out/kernels.json" 2>&1 | tee -a "$log"
 echo "### tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py" | tee -a "$log"
 timeout 100 python3 -m pytest tests/kernels/test_ops_gpu.py tests/kernels/test_cuda_ops.py -q -p no:cacheprovider -rfE \

@@ -2,12 +2,13 @@
 sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
 
     usable(q)                                   sm90, fp16/bf16, head dim 64 or 128, Gluon present
-    attn_fwd(q, k, v, scale, kv_len[, int8])    -> (out in q's dtype, lse float32 [B, H, Sq])
+    attn_fwd(q, k, v, scale, kv_len[, precision])  -> (out in q's dtype, lse float32 [B, H, Sq])
     attn_step_(q, k, v, acc, lse, scale, kv_len)   one ring step into the state, in place
     launch(..., config=Config(...))             another tile shape (benchmarks, tests)
-    launch_int8(q, k, v, acc, lse, scale, kv_len, has_state)
-                                                the "int8" precision's scheme (fp8_reference.py) in
-                                                the same kernel: integer Q.K^T, P.V in q's dtype
+    launch_q8(q, k, v, acc, lse, scale, kv_len, has_state, precision)
+                                                an 8-bit precision's scheme (fp8_reference.py) in
+                                                the same kernel: "int8" integer Q.K^T, P.V in q's
+                                                dtype; "fp8" e4m3 Q.K^T and P.V
 
 Host path: tensor descriptors are built per call (TMA needs the base addresses) and the kernel
 goes through Triton's JIT launch, the way it was checked and timed on the GPU; a cached direct
@@ -39,24 +40,29 @@ class Config:
 # wrapper has not run on a GPU. RINGSP_CUDA_ATTN=hopper runs it regardless.
 AUTO = False
 
-# The same for the kernel's int8 variant (launch_int8) as a candidate of precision="int8":
-# off until its GPU tests (test_hopper_gpu.py's int8 cases) have passed; it has not run on a GPU.
-AUTO_INT8 = False
+# The same for the kernel's 8-bit variants (launch_q8) as candidates of precision="int8" / "fp8":
+# each off until its GPU tests (test_hopper_gpu.py's int8 / fp8 cases) have passed.
+AUTO_Q8 = {"int8": False, "fp8": False}
 
 # 2 and 3 stages ran level on an H100 (bench/results/hopper_dev_h100.json); 2 needs less shared memory
 DEFAULT = {128: Config(), 64: Config()}
+# fp8 keeps a second float32 tile (each tile's P.V, added to the numerator): 64-key tiles at
+# D = 128 keep the consumers within their 240 registers
+DEFAULT_Q8 = {"int8": DEFAULT, "fp8": {128: Config(block_n=64, stages=3), 64: Config()}}
 
 try:  # Gluon ships with Triton >= 3.5; without it (or its Hopper dialect) the path is not usable
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .hopper_step import ring_step_kernel
+    from .hopper_step import FP8, INT8, NATIVE, ring_step_kernel
 except ImportError as e:  # noqa: F841 -- kept for the message
     ring_step_kernel = None
     _WHY = f"Triton's Gluon Hopper dialect is not importable ({e})"
 else:
     _WHY = None
-    _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32, torch.int8: gl.int8}
+    Q8_CODES = {None: NATIVE.value, "int8": INT8.value, "fp8": FP8.value}
+    _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32, torch.int8: gl.int8,
+           torch.float8_e4m3fn: gl.float8e4nv}
 
 _LAYOUTS = {}  # (dtype, block shape) -> NVMMASharedLayout
 caches.register("hopper path layouts", _LAYOUTS.clear)
@@ -107,54 +113,68 @@ def launch(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
     v = v if keys_ok(v) else v.contiguous()
     rows = c.block_m // 2
     qd = TensorDescriptor(q, [B * Sq, H * D], [q.stride(1), 1], [rows, D], _layout(q.dtype, (rows, D)))
-    kv_lay = _layout(k.dtype, (1, c.block_n, D))
-    kd = TensorDescriptor(k, [B, kv_len, H * D], [k.stride(0), k.stride(1), 1], [1, c.block_n, D], kv_lay)
-    vd = TensorDescriptor(v, [B, kv_len, H * D], [v.stride(0), v.stride(1), 1], [1, c.block_n, D], kv_lay)
-    sa, sl = acc.stride(), lse.stride()
-    grid = (-(-Sq // c.block_m), B * H)
-    with torch.cuda.device(q.device):  # Triton launches on the current device
-        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, scale * LOG2E, kv_len, Sq, H,
-                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], None, None, None, None,
-                               HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
-                               HAS_STATE=has_state, QK_INT8=False, num_warps=4, maxnreg=MAXNREG)
+    kd, vd = _key_desc(k, kv_len, c), _key_desc(v, kv_len, c)
+    _run(qd, kd, vd, q, acc, lse, scale * LOG2E, kv_len, c, has_state, scale > 0)
 
 
-def launch_int8(q, k, v, acc, lse, scale, kv_len, has_state, config=None):
-    """launch() with the "int8" precision: K/V prepared as for the Triton 8-bit kernel
-    (triton_fp8.prepare_kv: K smoothed, int8 per key, zero-padded per head), Q rounded per row,
-    then the same warp-specialised kernel with an integer Q.K^T. A candidate of
-    precision="int8"'s dispatch (cuda/q8.py) only once AUTO_INT8 is set."""
+def launch_q8(q, k, v, acc, lse, scale, kv_len, has_state, precision, config=None):
+    """launch() with an 8-bit precision ("int8" or "fp8", fp8_reference.py's schemes): K/V
+    prepared as for the Triton 8-bit kernel (triton_fp8.prepare_kv: K smoothed and quantised,
+    fp8 V transposed and scaled per channel, zero-padded per head), Q rounded per row, then the
+    same warp-specialised kernel with 8-bit Q.K^T (and for fp8 an e4m3 P.V). A candidate of the
+    precision's dispatch (cuda/q8.py) only once AUTO_Q8 clears it. kv_len >= 1."""
     from . import triton_fp8
 
     B, Sq, H, D = q.shape
-    c = config or DEFAULT[D]
-    kv = triton_fp8.prepare_kv(k, v, kv_len, int8=True)  # k8 [B*H, skp, D], skp a multiple of 128
-    q8, row_a, shift = triton_fp8.quantise_q_int8(q, kv.mu, scale * LOG2E, lse)
-    v = v if keys_ok(v) else v.contiguous()
-    rows = c.block_m // 2
+    c = config or DEFAULT_Q8[precision][D]
+    kv = triton_fp8.prepare_kv(k, v, kv_len, int8=precision == "int8")  # K8 [B*H, skp, D]
+    q8, row_a, shift = triton_fp8.quantise_q(q, kv, scale * LOG2E, lse)
+    rows, dt = c.block_m // 2, q8.dtype
     q8, k8 = q8.view(B * Sq, H * D), kv.k8.view(B * H * kv.skp, D)
-    qd = TensorDescriptor(q8, list(q8.shape), [H * D, 1], [rows, D], _layout(torch.int8, (rows, D)))
-    kd = TensorDescriptor(k8, list(k8.shape), [D, 1], [c.block_n, D], _layout(torch.int8, (c.block_n, D)))
-    vd = TensorDescriptor(v, [B, kv_len, H * D], [v.stride(0), v.stride(1), 1], [1, c.block_n, D],
-                          _layout(v.dtype, (1, c.block_n, D)))
+    qd = TensorDescriptor(q8, list(q8.shape), [H * D, 1], [rows, D], _layout(dt, (rows, D)))
+    kd = TensorDescriptor(k8, list(k8.shape), [D, 1], [c.block_n, D], _layout(dt, (c.block_n, D)))
+    if precision == "fp8":  # V transposed, [B*H*D, skp]: fp8 wgmma's B operand is K-major
+        v8t = kv.v8t.view(B * H * D, kv.skp)
+        vd = TensorDescriptor(v8t, list(v8t.shape), [kv.skp, 1], [D, c.block_n], _layout(dt, (D, c.block_n)))
+        q8_args = (row_a, shift, None, kv.vscale, kv.skp)
+    else:
+        vd = _key_desc(v if keys_ok(v) else v.contiguous(), kv_len, c)
+        q8_args = (row_a, shift, kv.kscale, None, kv.skp)
+    _run(qd, kd, vd, q, acc, lse, 1.0, kv_len, c, has_state, True, precision, q8_args)
+
+
+def _key_desc(t, kv_len, c):
+    """K or V as a 3-D [B, kv_len, H*D] TMA tensor, tiles of [1, BLOCK_N, D]: keys past kv_len
+    read as zeros."""
+    B, _, H, D = t.shape
+    return TensorDescriptor(t, [B, kv_len, H * D], [t.stride(0), t.stride(1), 1], [1, c.block_n, D],
+                            _layout(t.dtype, (1, c.block_n, D)))
+
+
+def _run(qd, kd, vd, q, acc, lse, qk_scale, kv_len, c, has_state, pos_scale, precision=None,
+         q8_args=(None,) * 5):
+    B, Sq, H, D = q.shape
     sa, sl = acc.stride(), lse.stride()
     grid = (-(-Sq // c.block_m), B * H)
-    with torch.cuda.device(q.device):
-        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, scale * LOG2E, kv_len, Sq, H,
-                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], row_a, shift, kv.kscale, kv.skp,
+    with torch.cuda.device(q.device):  # Triton launches on the current device
+        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, qk_scale, kv_len, Sq, H,
+                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], *q8_args,
                                HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
-                               HAS_STATE=has_state, QK_INT8=True, num_warps=4, maxnreg=MAXNREG)
+                               HAS_STATE=has_state, Q8=Q8_CODES[precision], POS_SCALE=pos_scale,
+                               num_warps=4, maxnreg=MAXNREG)
 
 
-def attn_fwd(q, k, v, scale, kv_len, int8=False):
-    """(out, lse); int8: the "int8" precision's scheme (launch_int8; kv_len >= 1)."""
+def attn_fwd(q, k, v, scale, kv_len, precision=None):
+    """(out, lse); precision "int8" / "fp8": that scheme (launch_q8; kv_len >= 1)."""
     B, Sq, H, _ = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    (launch_int8 if int8 else launch)(q, k, v, out, lse, scale, kv_len, False)
+    if precision is None:
+        launch(q, k, v, out, lse, scale, kv_len, False)
+    else:
+        launch_q8(q, k, v, out, lse, scale, kv_len, False, precision)
     return out, lse
 
 
 def attn_step_(q, k, v, acc, lse, scale, kv_len):
     launch(q, k, v, acc, lse, scale, kv_len, True)
-

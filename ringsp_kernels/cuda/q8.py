@@ -2,8 +2,8 @@
 validates `precision`; the kernels are triton_fp8.py's), which GPUs can run them, and which
 kernel config runs a shape.
 
-The config -- and, for "int8", whether ringsp's Hopper kernel runs it instead (once cleared,
-hopper.AUTO_INT8) -- is a dispatch-table choice like the native kernels' (op "fp8_fwd",
+The config -- and whether ringsp's Hopper kernel runs the precision instead (once its variant
+is cleared, hopper.AUTO_Q8) -- is a dispatch-table choice like the native kernels' (op "fp8_fwd",
 "int8_step", ...): measured once per shape class in local mode, rank 0's table (or its
 fallback rule) in consistent mode. The kernel's rounding depends on its key tile size, so ranks that computed
 their own choice could return different replicated text outputs; the agreed table rules that
@@ -49,9 +49,9 @@ def _shape_key(q, k, op):
 
 def usable_paths(q, precision):
     """The 8-bit paths this process may measure and choose for q: the Triton kernel, and the
-    Hopper kernel's int8 variant where it is cleared for automatic use (hopper.AUTO_INT8)."""
+    Hopper kernel's variant of the precision where it is cleared for automatic use (hopper.AUTO_Q8)."""
     paths = {"triton"}
-    if precision == "int8" and hopper.AUTO_INT8 and hopper.usable(q):
+    if hopper.AUTO_Q8[precision] and hopper.usable(q):
         paths.add("hopper")
     return paths
 
@@ -81,7 +81,7 @@ def block(q, k, v, scale, kv_len, precision, has_state):
 
 
 def measure_class(q, k, v, scale, kv_len, precision, has_state):
-    """Times every config of the 8-bit kernel (and the Hopper int8 kernel where usable) on this
+    """Times every config of the 8-bit kernel (and the Hopper kernel's variant where usable) on this
     call's inputs, into scratch state, and returns the dispatch entry; candidates that fail
     (a config the compiler refuses) drop out."""
     from . import triton_fp8
@@ -94,7 +94,7 @@ def measure_class(q, k, v, scale, kv_len, precision, has_state):
     fns = {name: functools.partial(triton_fp8.attend, q, k, v, acc, lse, scale, kv_len, int8, has_state, cfg)
            for name, cfg in cfgs.items()}
     if "hopper" in usable_paths(q, precision):
-        fns["hopper"] = functools.partial(hopper.launch_int8, q, k, v, acc, lse, scale, kv_len, has_state)
+        fns["hopper"] = functools.partial(hopper.launch_q8, q, k, v, acc, lse, scale, kv_len, has_state, precision)
     try:
         samples = timing.compare(fns, cuda=q.is_cuda)
     except RuntimeError:  # not one candidate ran here
@@ -129,12 +129,12 @@ def _refuse_alone(what, reason, error):
 
 
 def _hopper_ran(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
-    """The Hopper int8 kernel; False where it failed before launching (local mode: this shape
-    runs the Triton kernel from now on, with a warning)."""
+    """The Hopper kernel's 8-bit variant; False where it failed before launching (local mode:
+    this shape runs the Triton kernel from now on, with a warning)."""
     try:
-        hopper.launch_int8(q, k, v, acc, lse, scale, kv_len, has_state)
+        hopper.launch_q8(q, k, v, acc, lse, scale, kv_len, has_state, precision)
     except TritonError as e:  # raised while compiling, before the launch: the state is untouched
-        what = f"the hopper int8 kernel does not compile for q {tuple(q.shape)}"
+        what = f"the hopper {precision} kernel does not compile for q {tuple(q.shape)}"
         reason = (str(e).splitlines() or [""])[0][:200]
         _refuse_alone(what, reason, e)
         log.warning("ringsp: %s (%s); using the Triton 8-bit kernel for this shape", what, reason)

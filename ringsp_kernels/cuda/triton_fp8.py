@@ -296,15 +296,17 @@ def q8_attn_kernel(
 
 
 @triton.jit
-def _q_int8_kernel(
-    Q, Mu, Q8, RowA, Shift, qk_scale, Sq, H,
+def _q8_kernel(
+    Q, Mu, KScale, Q8, RowA, Shift, qk_scale, Sq, H,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_rb, stride_rh, stride_rs,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, FP8: tl.constexpr,
+    EMULATE: tl.constexpr,
 ):
-    """Q rounded to int8 per row, as q8_attn_kernel does in registers, for the Hopper kernel's
-    integer Q.K^T: Q8 [B, Sq, H, HEAD_DIM] contiguous; RowA = the row's scale x qk_scale and
-    Shift = q.mu x qk_scale (the score shift of K's smoothing), both [B, H, Sq], log2 units."""
+    """Q rounded per row, as q8_attn_kernel does in registers, for the Hopper kernel's 8-bit
+    Q.K^T: Q8 [B, Sq, H, HEAD_DIM] contiguous, int8 (or e4m3 for FP8); RowA = the row's scale
+    x qk_scale (x K's block scale KScale[bh] for FP8) and Shift = q.mu x qk_scale (the score
+    shift of K's smoothing), both [B, H, Sq], log2 units."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -315,24 +317,33 @@ def _q_int8_kernel(
     mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q, c = _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
                    BLOCK_D)
-    q8, sq = _int8_rows(q, tl.max(tl.abs(q), 1))
+    amax = tl.max(tl.abs(q), 1)
+    if FP8:
+        sq = tl.where(amax > 0, amax / _FP8_MAX, 1.0)
+        q8 = _to_fp8(q / sq[:, None], EMULATE)
+        row_a = sq * tl.load(KScale + bh) * qk_scale
+    else:
+        q8, sq = _int8_rows(q, amax)
+        row_a = sq * qk_scale
     tl.store(Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :], q8, mask=mask)
     r_off = b * stride_rb + h * stride_rh + offs_m * stride_rs
-    tl.store(RowA + r_off, sq * qk_scale, mask=row_ok)
+    tl.store(RowA + r_off, row_a, mask=row_ok)
     tl.store(Shift + r_off, c, mask=row_ok)
 
 
-def quantise_q_int8(q, mu, qk_scale, lse):
-    """(Q8 [B, Sq, H, D] int8, RowA, Shift) for q and a KV block's mean `mu` (prepare_kv's);
-    RowA and Shift are laid out like `lse` [B, H, Sq], whose strides the kernel reads them with."""
+def quantise_q(q, kv, qk_scale, lse):
+    """(Q8 [B, Sq, H, D], RowA, Shift) for q and a KV block prepared by prepare_kv (its mean,
+    and for fp8 its K scale); int8 or e4m3 as the block. RowA and Shift are laid out like
+    `lse` [B, H, Sq], whose strides the kernel reads them with."""
     B, Sq, H, D = q.shape
-    q8 = torch.empty((B, Sq, H, D), dtype=torch.int8, device=q.device)
+    dt = torch.int8 if kv.int8 else torch.float8_e4m3fn
+    q8 = torch.empty((B, Sq, H, D), dtype=dt, device=q.device)
     row_a = torch.empty_strided(lse.shape, lse.stride(), dtype=torch.float32, device=q.device)
     shift = torch.empty_strided(lse.shape, lse.stride(), dtype=torch.float32, device=q.device)
     rows = 16 if INTERPRET else 64
-    _q_int8_kernel[(triton.cdiv(Sq, rows), B * H)](q, mu, q8, row_a, shift, qk_scale, Sq, H, *q.stride(),
-                                                   *lse.stride(), HEAD_DIM=D, BLOCK_D=block_d(D), ROWS=rows,
-                                                   num_warps=4)
+    _q8_kernel[(triton.cdiv(Sq, rows), B * H)](q, kv.mu, kv.kscale, q8, row_a, shift, qk_scale, Sq, H, *q.stride(),
+                                               *lse.stride(), HEAD_DIM=D, BLOCK_D=block_d(D), ROWS=rows,
+                                               FP8=not kv.int8, EMULATE=INTERPRET, num_warps=4)
     return q8, row_a, shift
 
 

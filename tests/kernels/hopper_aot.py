@@ -2,6 +2,7 @@
 
     python -m tests.kernels.hopper_aot library D BLOCK_N STAGES HAS_STATE
     python -m tests.kernels.hopper_aot library-int8 D BLOCK_N STAGES HAS_STATE
+    python -m tests.kernels.hopper_aot library-fp8 D BLOCK_N STAGES HAS_STATE
     python -m tests.kernels.hopper_aot persistent D BLOCK_N STAGES HAS_STATE STATE_TMA
 
 prints what the kernel holds (wgmma, TMA, register reallocation) and its shared memory as one
@@ -18,7 +19,7 @@ def _desc(dt, gdtype, block):
     return f"tensordesc<{dt}[{', '.join(map(str, block))}],{gl.NVMMASharedLayout.get_default_for(block, gdtype)!r}>"
 
 
-def compile_kernel(kernel, D, block_n, stages, has_state, state_tma=None, dtype="bf16", qk_int8=False):
+def compile_kernel(kernel, D, block_n, stages, has_state, state_tma=None, dtype="bf16", precision=None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -30,13 +31,19 @@ def compile_kernel(kernel, D, block_n, stages, has_state, state_tma=None, dtype=
                  AccIn="*fp32", LseIn="*fp32", Acc="*fp32" if has_state else f"*{dtype}", Lse="*fp32",
                  qk_scale="fp32")
     consts = dict(HEAD_DIM=D, BLOCK_M=128, BLOCK_N=block_n, STAGES=stages, HAS_STATE=has_state)
-    if "QK_INT8" in kernel.arg_names:
-        consts["QK_INT8"] = qk_int8
-        if qk_int8:  # int8 Q (2-D, as bf16's) and K ([B*H*k_rows, D] tiles of [BLOCK_N, D])
-            types.update(q_desc=_desc("i8", gl.int8, [64, D]), k_desc=_desc("i8", gl.int8, [block_n, D]),
-                         QRow="*fp32", QShift="*fp32", KScale="*fp32")
-        else:
-            consts.update(QRow=None, QShift=None, KScale=None, k_rows=None)
+    if "Q8" in kernel.arg_names:
+        consts.update(Q8=hopper.Q8_CODES[precision], POS_SCALE=True)
+        if precision is None:
+            consts.update(QRow=None, QShift=None, KScale=None, VScale=None, k_rows=None)
+        else:  # 8-bit Q (2-D, as bf16's) and K ([B*H*k_rows, D] tiles of [BLOCK_N, D])
+            dt, g8 = ("i8", gl.int8) if precision == "int8" else ("fp8e4nv", gl.float8e4nv)
+            types.update(q_desc=_desc(dt, g8, [64, D]), k_desc=_desc(dt, g8, [block_n, D]), QRow="*fp32",
+                         QShift="*fp32", KScale="*fp32", VScale="*fp32")
+            if precision == "fp8":  # e4m3 V transposed: [B*H*D, k_rows] tiles of [D, BLOCK_N]
+                types["v_desc"] = _desc(dt, g8, [D, block_n])
+                consts["KScale"] = None
+            else:
+                consts["VScale"] = None
     if state_tma is not None:
         consts["STATE_TMA"] = state_tma
         if not state_tma:
@@ -63,8 +70,10 @@ if __name__ == "__main__":
     which, *nums = sys.argv[1:]
     nums = [int(x) for x in nums]
     kernel = compile_kernel(_kernel(which), nums[0], nums[1], nums[2], bool(nums[3]),
-                            bool(nums[4]) if len(nums) > 4 else None, qk_int8=which == "library-int8")
+                            bool(nums[4]) if len(nums) > 4 else None,
+                            precision={"library-int8": "int8", "library-fp8": "fp8"}.get(which))
     ptx = kernel.asm["ptx"]
     print(json.dumps({"wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
                       "int8_wgmma": ".s32.s8.s8" in ptx, "bf16_wgmma": ".f32.bf16.bf16" in ptx,
+                      "fp8_wgmma": ".f32.e4m3.e4m3" in ptx,
                       "setmaxnreg": "setmaxnreg" in ptx, "shared": kernel.metadata.shared}))

@@ -242,22 +242,28 @@ def test_interpreted_block_quantises_to_the_same_bytes_on_every_rank(precision):
 
 
 @interpreted
-def test_interpreted_q_int8_prepass_is_the_references_q_rounding():
-    """The Hopper int8 kernel's Q side (triton_fp8.quantise_q_int8): int8 Q per row, its scale
-    x qk_scale and q.mu x qk_scale, as fp8_reference quantises and shifts."""
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_interpreted_q_prepass_is_the_references_q_rounding(precision):
+    """The Hopper 8-bit kernel's Q side (triton_fp8.quantise_q): Q rounded per row, its scale
+    x qk_scale (x K's block scale for fp8) and q.mu x qk_scale, as fp8_reference quantises
+    and shifts."""
+    import types
+
     from ringsp_kernels.cuda import triton_fp8
 
     B, Sq, H, D = 2, 37, 3, 64
     q = rand(B, Sq, H, D + 8, seed=7, dtype=torch.float16)[..., :D]  # a strided view
     q[0, 5] = 0.0  # an all-zero row: scale 1, not 0/0
-    mu = rand(B * H, D, seed=8, dtype=torch.float32)
+    kv = types.SimpleNamespace(mu=rand(B * H, D, seed=8, dtype=torch.float32), int8=precision == "int8",
+                               kscale=rand(B * H, seed=9, dtype=torch.float32).abs() + 0.5)
     lse = torch.empty(B, H, Sq)
     qk_scale = 0.18
-    q8, row_a, shift = triton_fp8.quantise_q_int8(q, mu, qk_scale, lse)
+    q8, row_a, shift = triton_fp8.quantise_q(q, kv, qk_scale, lse)
     qf = q.float().transpose(1, 2)
-    ref8, sq = fr.quantise_q(qf, "int8")
-    assert q8.dtype == torch.int8 and q8.is_contiguous()
+    ref8, sq = fr.quantise_q(qf, precision)
+    assert q8.dtype == (torch.int8 if kv.int8 else torch.float8_e4m3fn) and q8.is_contiguous()
     assert torch.equal(q8.transpose(1, 2).float(), ref8)
-    torch.testing.assert_close(row_a, sq * qk_scale, rtol=1e-6, atol=0)
-    ref_shift = (qf * mu.view(B, H, 1, D)).sum(-1) * qk_scale
+    want_a = sq * qk_scale * (1.0 if kv.int8 else kv.kscale.view(B, H, 1))
+    torch.testing.assert_close(row_a, want_a, rtol=1e-6, atol=0)
+    ref_shift = (qf * kv.mu.view(B, H, 1, D)).sum(-1) * qk_scale
     torch.testing.assert_close(shift, ref_shift, rtol=1e-5, atol=1e-5)

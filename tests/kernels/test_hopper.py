@@ -57,7 +57,15 @@ def test_the_kernel_compiles_for_sm90_with_wgmma_and_fits_shared_memory(D, block
 @pytest.mark.slow
 def test_the_int8_variant_compiles_to_an_integer_qk_and_a_16_bit_pv():
     got = aot("library-int8", 128, 128, 2, 1)
-    assert got["int8_wgmma"] and got["bf16_wgmma"] and got["tma"] and got["setmaxnreg"], got
+    assert got["int8_wgmma"] and got["bf16_wgmma"] and not got["fp8_wgmma"] and got["setmaxnreg"], got
+    assert got["shared"] <= 232448, got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("D,block_n,stages,has_state", [(128, 64, 3, 1), (64, 128, 2, 0)])
+def test_the_fp8_variant_compiles_to_e4m3_products_only(D, block_n, stages, has_state):
+    got = aot("library-fp8", D, block_n, stages, has_state)
+    assert got["fp8_wgmma"] and not got["bf16_wgmma"] and not got["int8_wgmma"] and got["tma"], got
     assert got["shared"] <= 232448, got
 
 

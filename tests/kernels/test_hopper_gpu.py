@@ -59,19 +59,20 @@ def test_a_strided_state():
     assert (wide[..., D:] == 0).all()
 
 
-# the "int8" precision on the same kernel (hopper.launch_int8): the kernel implements
-# fp8_reference's int8 scheme (same rounding; what differs is float32 summation order and exp2),
-# and the scheme holds its accuracy gate against float64 (test_fp8_gpu.py's tolerances)
-INT8_KERNEL_TOL, INT8_LSE_TOL, INT8_GATE = 4e-3, 2e-3, (0.9999, 1.5e-2)
-INT8_CASES = [  # B, Sq, Sk, H, D, kv_len
+# the 8-bit precisions on the same kernel (hopper.launch_q8): the kernel implements
+# fp8_reference's schemes (same rounding; what differs is float32 summation order and exp2),
+# and each scheme holds its accuracy gate against float64 (test_fp8_gpu.py's tolerances)
+Q8_CASES = [  # B, Sq, Sk, H, D, kv_len
     (1, 1000, 1024, 2, 128, 777),
     (2, 300, 500, 3, 128, None),
     (1, 70, 40, 1, 128, 13),
     (2, 1000, 3001, 5, 64, 2999),
 ]
+Q8_VARIANTS = {"int8": [hopper.Config(), hopper.Config(block_n=64, stages=3)],
+               "fp8": [hopper.Config(block_n=64, stages=3), hopper.Config(), hopper.Config(block_n=64, stages=2)]}
 
 
-def _int8_inputs(case, seed):
+def _q8_inputs(case, seed):
     B, Sq, Sk, H, D, kv_len = case
     g = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = rand((B, Sq, H, D), torch.bfloat16, g), rand((B, Sk, H, D), torch.bfloat16, g), \
@@ -84,21 +85,25 @@ def _int8_inputs(case, seed):
     return q, k, v, n
 
 
-@pytest.mark.parametrize("case", INT8_CASES, ids=str)
-@pytest.mark.parametrize("config", [hopper.Config(), hopper.Config(block_n=64, stages=3)], ids=str)
-def test_int8_fwd_and_chain_match_the_scheme_and_its_gate(config, case):
+@pytest.mark.parametrize("case", Q8_CASES, ids=str)
+@pytest.mark.parametrize("precision,config", [(p, c) for p, cs in Q8_VARIANTS.items() for c in cs], ids=str)
+def test_q8_fwd_and_chain_match_the_scheme_and_its_gate(precision, config, case):
     from ringsp_kernels import fp8_reference as fr
 
-    q, k, v, n = _int8_inputs(case, seed=case[1] + case[2])
+    from .test_fp8_gpu import GATES, KERNEL_TOL, LSE_TOL
+
+    q, k, v, n = _q8_inputs(case, seed=case[1] + case[2])
     B, Sq, _, H, D, _ = case
     out = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, Sq), float("nan"), device="cuda")
-    hopper.launch_int8(q, k, v, out, lse, D ** -0.5, n, False, config)
-    ref_out, ref_lse = fr.attn_q8_reference(q, k, v, kv_len=n, precision="int8", block_n=config.block_n)
-    assert fr.accuracy(out, ref_out)[1] < INT8_KERNEL_TOL and (lse - ref_lse).abs().max() < INT8_LSE_TOL
+    hopper.launch_q8(q, k, v, out, lse, D ** -0.5, n, False, precision, config)
+    ref_out, ref_lse = fr.attn_q8_reference(q, k, v, kv_len=n, precision=precision, block_n=config.block_n)
+    err, lse_err = fr.accuracy(out, ref_out)[1], (lse - ref_lse).abs().max().item()
     cos, rel = fr.accuracy(out, reference(q, k, v, n)[0])
-    print(f"hopper int8 {config} {case}: cos {cos:.6f} rel {rel:.2e} vs float64")
-    assert cos >= INT8_GATE[0] and rel <= INT8_GATE[1], (cos, rel)
+    print(f"hopper {precision} {config} {case}: vs scheme rel {err:.2e} lse {lse_err:.1e}; "
+          f"vs float64 cos {cos:.6f} rel {rel:.2e}")
+    assert err < KERNEL_TOL[precision] and lse_err < LSE_TOL
+    assert cos >= GATES[precision][0] and rel <= GATES[precision][1], (cos, rel)
 
     # a ring's blocks in reverse order, a native step among them: one state
     acc = torch.zeros(B, Sq, H, D, device="cuda")
@@ -110,9 +115,18 @@ def test_int8_fwd_and_chain_match_the_scheme_and_its_gate(config, case):
             continue
         kb, vb = k[:, a:b].contiguous(), v[:, a:b].contiguous()
         if i == 1:
-            hopper.launch(q, kb, vb, acc, st, D ** -0.5, b - a, True, config)
-            hopper.launch(q, kb, vb, ref_acc, ref_st, D ** -0.5, b - a, True, config)
+            hopper.launch(q, kb, vb, acc, st, D ** -0.5, b - a, True)
+            hopper.launch(q, kb, vb, ref_acc, ref_st, D ** -0.5, b - a, True)
         else:
-            hopper.launch_int8(q, kb, vb, acc, st, D ** -0.5, b - a, True, config)
-            fr.step_q8_reference_(q, kb, vb, ref_acc, ref_st, kv_len=b - a, precision="int8", block_n=config.block_n)
-    assert fr.accuracy(acc, ref_acc)[1] < INT8_KERNEL_TOL and (st - ref_st).abs().max() < INT8_LSE_TOL
+            hopper.launch_q8(q, kb, vb, acc, st, D ** -0.5, b - a, True, precision, config)
+            fr.step_q8_reference_(q, kb, vb, ref_acc, ref_st, kv_len=b - a, precision=precision,
+                                  block_n=config.block_n)
+    assert fr.accuracy(acc, ref_acc)[1] < KERNEL_TOL[precision] and (st - ref_st).abs().max() < LSE_TOL
+
+
+def test_a_negative_scale_is_not_a_wrong_max():
+    """The softmax max of the scaled scores, not the scaled max of the raw ones, when scale < 0."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (rand((1, 300, 2, 128), torch.bfloat16, g) for _ in range(3))
+    out, lse = hopper.attn_fwd(q, k, v, -0.1, 300)
+    assert_rows_close(out, lse, *reference(q, k, v, 300, scale=-0.1), torch.bfloat16, "hopper scale < 0")

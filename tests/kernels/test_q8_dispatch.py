@@ -154,13 +154,13 @@ def test_tune_measures_the_8bit_classes_of_each_shape():
 
 @pytest.fixture
 def hopper_int8(monkeypatch):
-    """The Hopper int8 kernel as a usable, cleared candidate whose launch is `fn`."""
+    """The Hopper kernel's int8 variant as a usable, cleared candidate whose launch is `fn`."""
     from ringsp_kernels.cuda import hopper
 
     def use(fn):
-        monkeypatch.setattr(hopper, "AUTO_INT8", True)
+        monkeypatch.setitem(hopper.AUTO_Q8, "int8", True)
         monkeypatch.setattr(hopper, "usable", lambda q: True)
-        monkeypatch.setattr(hopper, "launch_int8", fn)
+        monkeypatch.setattr(hopper, "launch_q8", fn)
     return use
 
 
@@ -175,7 +175,8 @@ def test_the_hopper_int8_kernel_is_measured_and_chosen_where_it_is_faster(monkey
     assert entry["path"] == "hopper" and calls
     assert tuple(entry["config"][:4]) in triton_fp8.CONFIGS  # the Triton kernel's best, for who cannot run hopper
     assert set(entry["ms"]) == {ops.cfg_name(c) for c in triton_fp8.CONFIGS} | {"hopper"}
-    assert q8.usable_paths(q, "fp8") == {"triton"}  # the Hopper variant is int8's only
+    assert q8.usable_paths(q, "fp8") == {"triton"}  # fp8's Hopper variant is not cleared
+    assert calls[0][-1] == "int8"
 
 
 def test_a_table_choosing_hopper_runs_triton_where_hopper_is_not_cleared(monkeypatch):
@@ -183,7 +184,7 @@ def test_a_table_choosing_hopper_runs_triton_where_hopper_is_not_cleared(monkeyp
     key = dispatch.class_key(DEV, q.dtype, 64, 3, 1, 300, 500, "int8_step")
     entry = {"path": "hopper", "config": [64, 128, 4, 3, False], "ms": {"hopper": 1.0, "triton:64,128,4,3": 2.0}}
     dispatch.install({"format": dispatch.FORMAT, "entries": {key: entry}})
-    assert q8.plan(q, k, v, 0.125, 500, "int8", True) == ("triton", (64, 128, 4, 3))  # AUTO_INT8 is off
+    assert q8.plan(q, k, v, 0.125, 500, "int8", True) == ("triton", (64, 128, 4, 3))  # AUTO_Q8 is off
 
 
 def test_a_hopper_int8_kernel_that_does_not_compile(monkeypatch, hopper_int8, caplog):
