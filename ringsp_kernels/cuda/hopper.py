@@ -10,9 +10,9 @@ sm90 GPUs (H100, H200), with the ring step's merge inside the kernel.
                                                 the same kernel: "int8" integer Q.K^T, P.V in q's
                                                 dtype; "fp8" e4m3 Q.K^T and P.V
 
-Host path: tensor descriptors are built per call (TMA needs the base addresses) and the kernel
-goes through Triton's JIT launch, the way it was checked and timed on the GPU; a cached direct
-launch, as the Triton kernel has (fast_launch.py), is not done for this kernel yet.
+Host path: tensor descriptors are built per call (TMA needs the base addresses); the kernel is
+launched through fast_launch.CachedKernel, as the Triton kernel is: a key's first call goes
+through Triton's JIT, later ones straight to the compiled kernel's launcher.
 """
 from dataclasses import dataclass
 
@@ -34,11 +34,10 @@ class Config:
     stages: int = 2     # K/V tiles in flight
 
 
-# Whether the automatic dispatch may measure and choose this path. Off until its GPU tests
-# (tests/kernels/test_hopper_gpu.py, test_ops_gpu.py's hopper cases) have passed with this host
-# wrapper: the kernel's source compiles to the PTX of the revision checked on an H100, but this
-# wrapper has not run on a GPU. RINGSP_CUDA_ATTN=hopper runs it regardless.
-AUTO = False
+# Whether the automatic dispatch may measure and choose this path: its GPU tests
+# (tests/kernels/test_hopper_gpu.py, test_ops_gpu.py's hopper cases) passed on an H100
+# (2026-12-07, bench/results/hopper_h100.json). RINGSP_CUDA_ATTN=hopper forces it.
+AUTO = True
 
 # The same for the kernel's 8-bit variants (launch_q8) as candidates of precision="int8" / "fp8":
 # each off until its GPU tests (test_hopper_gpu.py's int8 / fp8 cases) have passed.
@@ -54,6 +53,7 @@ try:  # Gluon ships with Triton >= 3.5; without it (or its Hopper dialect) the p
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    from .fast_launch import CachedKernel
     from .hopper_step import FP8, INT8, NATIVE, ring_step_kernel
 except ImportError as e:  # noqa: F841 -- kept for the message
     ring_step_kernel = None
@@ -61,6 +61,8 @@ except ImportError as e:  # noqa: F841 -- kept for the message
 else:
     _WHY = None
     Q8_CODES = {None: NATIVE.value, "int8": INT8.value, "fp8": FP8.value}
+    _KERNEL = CachedKernel(ring_step_kernel)  # launches after a key's first skip the JIT's per-call work
+    caches.register("hopper path launches", _KERNEL.entries.clear)
     _GL = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32, torch.int8: gl.int8,
            torch.float8_e4m3fn: gl.float8e4nv}
 
@@ -155,13 +157,26 @@ def _run(qd, kd, vd, q, acc, lse, qk_scale, kv_len, c, has_state, pos_scale, pre
          q8_args=(None,) * 5):
     B, Sq, H, D = q.shape
     sa, sl = acc.stride(), lse.stride()
-    grid = (-(-Sq // c.block_m), B * H)
+    args = (qd, kd, vd, acc, lse, acc, lse, qk_scale, kv_len, Sq, H, sa[0], sa[1], sa[2], sl[0], sl[1], sl[2],
+            *q8_args)
+    consts = dict(HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages, HAS_STATE=has_state,
+                  Q8=Q8_CODES[precision], POS_SCALE=pos_scale)
+    grid = (-(-Sq // c.block_m), B * H, 1)
+    key = (q.get_device(), *consts.values(), *map(_spec, args))
     with torch.cuda.device(q.device):  # Triton launches on the current device
-        ring_step_kernel[grid](qd, kd, vd, acc, lse, acc, lse, qk_scale, kv_len, Sq, H,
-                               sa[0], sa[1], sa[2], sl[0], sl[1], sl[2], *q8_args,
-                               HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, STAGES=c.stages,
-                               HAS_STATE=has_state, Q8=Q8_CODES[precision], POS_SCALE=pos_scale,
-                               num_warps=4, maxnreg=MAXNREG)
+        _KERNEL.launch(key, grid, args, lambda: (consts, {"num_warps": 4, "maxnreg": MAXNREG}))
+
+
+def _spec(a):
+    """What of a launch argument Triton's compiled kernel depends on (its specialisation), or
+    more: descriptors by dtype, shape, strides, block and base alignment; tensors by dtype and
+    16-byte alignment; integers exactly (equal to 1, divisible by 16, 32 or 64 bits)."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    if isinstance(a, TensorDescriptor):
+        return (a.base.dtype, a.base.data_ptr() % 16 == 0, tuple(a.shape), tuple(a.strides), tuple(a.block_shape),
+                a.layout)
+    return a  # an int (exact), the float scale (always fp32) or None (a constexpr)
 
 
 def attn_fwd(q, k, v, scale, kv_len, precision=None):

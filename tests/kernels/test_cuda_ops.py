@@ -13,8 +13,8 @@ import torch
 import ringsp_kernels as rk
 
 pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a GPU or Triton's interpreter", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") != "1":  # CPU tensors: the Triton fallback runs interpreted only
+    pytest.skip("runs the Triton kernels in Triton's interpreter (CPU machines)", allow_module_level=True)
 
 from ringsp_kernels import dispatch  # noqa: E402
 from ringsp_kernels.cuda import ops, paths  # noqa: E402

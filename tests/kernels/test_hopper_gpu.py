@@ -69,7 +69,7 @@ Q8_CASES = [  # B, Sq, Sk, H, D, kv_len
     (2, 1000, 3001, 5, 64, 2999),
 ]
 Q8_VARIANTS = {"int8": [hopper.Config(), hopper.Config(block_n=64, stages=3)],
-               "fp8": [hopper.Config(block_n=64, stages=3), hopper.Config(), hopper.Config(block_n=64, stages=2)]}
+               "fp8": [hopper.Config(block_n=64, stages=3), hopper.Config()]}
 
 
 def _q8_inputs(case, seed):

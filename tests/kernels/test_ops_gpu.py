@@ -59,10 +59,9 @@ def path(request):
     if request.param == "hopper" and not hopper.usable(torch.empty(1, 1, 1, 128, device="cuda", dtype=torch.bfloat16)):
         pytest.skip(f"hopper path unavailable here: {hopper.why_unavailable() or 'not an sm90 GPU'}")
     if request.param == "auto":
-        cuda.device_name(torch.cuda.current_device())  # sets the versions: the disk cache is readable
-        dispatch.install(dispatch.snapshot())
+        rk.install_choices(rk.choices_snapshot())  # what init_parallel does on every rank
         yield "auto"
-        dispatch.uninstall()
+        rk.uninstall_choices()
     else:
         with cuda.forced(request.param):
             yield request.param
