@@ -8,12 +8,13 @@ import sys
 _COLUMNS = ["attn_fwd", "step_chain4", "attn_fwd[cudnn]", "step_chain4[cudnn]", "attn_fwd[auto]", "step_chain4[auto]",
             "cudnn", "flash", "cudnn4+eager_merge", "cudnn4+fused_merge"]
 FA4_COLUMNS = ["attn_fwd[fa4]", "step_chain4[fa4]", "fa4"]  # reports of runs with flash-attn-4 installed
+HOPPER_COLUMNS = ["attn_fwd[hopper]", "step_chain4[hopper]"]  # reports of sm90 runs with ringsp's Hopper kernel
 
 
 def render(report):
     meta = report["meta"]
-    has_fa4 = any("fa4" in e["tflops"] for e in report["shapes"].values())
-    COLUMNS = _COLUMNS + (FA4_COLUMNS if has_fa4 else [])
+    has = lambda c: any(c in e["tflops"] for e in report["shapes"].values())  # noqa: E731
+    COLUMNS = _COLUMNS + [c for extra in (FA4_COLUMNS, HOPPER_COLUMNS) if has(extra[0]) for c in extra]
     lines = [f"Device {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, "
              f"cuDNN {meta['cudnn']}, {meta['date']}; `{meta['command']}`", "",
              "| shape (B=1, bf16) | " + " | ".join(COLUMNS) + " | fwd / cuDNN | chain4 / fwd | chain4 / fwd (auto) "

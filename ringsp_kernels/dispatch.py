@@ -268,10 +268,19 @@ def consistent():
     return _state["installed"] is not None
 
 
-def lookup(key, versions):
+def knows(entry, paths):
+    """Whether `entry` was measured with each of `paths` among its candidates (its "paths",
+    or for older entries the candidates its timings name)."""
+    seen = set(entry.get("paths") or ()) | {path_of(name) for name in entry.get("ms") or {}}
+    return set(paths) <= seen
+
+
+def lookup(key, versions, wanted=()):
     """The entry for `key` if one is known without measuring, else None (local mode) -- in
     consistent mode always an entry (the fallback rule fills gaps). `versions`: the software
-    versions whose disk cache to read."""
+    versions whose disk cache to read. `wanted` (local mode): paths a table entry must have
+    measured to be used -- one from before a candidate existed (a new kernel, a newly installed
+    FA4) is passed over, so the class is measured again with it."""
     hit = _state["resolved"].get(key)
     if hit is not None:
         return hit
@@ -280,21 +289,30 @@ def lookup(key, versions):
         stats["installed" if entry is not None else "fallback"] += 1
         return _remember(key, entry if entry is not None else fallback(key, _state["installed"]))
     for name, table in (("disk", _disk(versions)), ("shipped", _shipped())):
-        if key in table:
+        if key in table and knows(table[key], wanted):
             stats[name] += 1
             return _remember(key, table[key])
     return None
 
 
-def resolve(key, versions, measure=None):
-    """The entry for `key`. In local mode a class no table knows is measured by
-    `measure()` (-> entry) and saved to the disk cache of `versions`; without `measure` (a
-    CUDA graph capture, a forced path) it gets the fallback rule, not remembered, so a later
-    eager call can still measure it."""
-    entry = lookup(key, versions)
+def _known(key, versions):
+    """The disk cache's or the shipped table's entry for `key` (None), whatever it measured."""
+    return _disk(versions).get(key) or _shipped().get(key)
+
+
+def resolve(key, versions, measure=None, wanted=()):
+    """The entry for `key`. In local mode a class no table knows (with the `wanted` paths
+    among its candidates, see lookup) is measured by `measure()` (-> entry) and saved to the
+    disk cache of `versions`; without `measure` (a CUDA graph capture, a forced path) a known
+    entry serves as it is and an unknown class gets the fallback rule, not remembered, so a
+    later eager call can still measure it."""
+    entry = lookup(key, versions, wanted)
     if entry is not None:
         return entry
     if measure is None:
+        known = _known(key, versions)
+        if known is not None:  # not remembered either: a later eager call measures it again
+            return known
         stats["fallback"] += 1
         return fallback(key, {**_shipped(), **_disk(versions)})
     entry = measure()

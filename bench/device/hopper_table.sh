@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One sm90 GPU, one call (~8 min): with the hopper path a dispatch candidate (hopper.AUTO),
-#  1. GPU tests: the hopper path through its cached launcher and the dispatch (strided state,
-#     scale < 0, test_ops_gpu's hopper and auto cases), its 8-bit variants against
-#     fp8_reference and float64 (test_hopper_gpu.py -k q8); the Triton 8-bit kernels' are fp8.sh's;
-#  2. the dispatch table re-measured with hopper among the candidates (ring + kernel classes)
+# One sm90 GPU, one call (~7 min): with the hopper path a dispatch candidate (hopper.AUTO),
+#  1. GPU tests: the hopper path through its cached launcher (repeated launches, strided
+#     state, scale < 0), its 8-bit variants against fp8_reference and float64
+#     (test_hopper_gpu.py -k q8); the Triton 8-bit kernels' are fp8.sh's;
+#  2. ringsp_bench.fp8 (bf16 cuDNN, ringsp bf16/int8/fp8, hopper int8/fp8, SageAttention);
+#  3. the dispatch table re-measured with hopper among the candidates (ring + kernel classes)
 #     into OUT/dispatch_native.json (merge into ringsp_kernels/tables/dispatch.json);
-#  3. ringsp_bench.fp8 (bf16 cuDNN, ringsp bf16/int8/fp8, hopper int8/fp8, SageAttention);
 #  4. ringsp_bench.ring_rank, whose auto column now reads the table of step 2.
 # Usage (repo root): bash bench/device/hopper_table.sh OUTDIR
 set -uo pipefail
@@ -20,13 +20,14 @@ timeout 150 python3 setup.py -q build_ext --inplace > /tmp/build.txt 2>&1 || tai
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/sageattention-*.whl \
   2>&1 | tail -2 && export PYTHONPATH=/tmp/site
 stamp "tests: hopper path (cached launch, dispatch), its 8-bit variants"
-timeout 150 python3 -m pytest tests/kernels/test_hopper_gpu.py tests/kernels/test_ops_gpu.py -k "q8 or strided or negative or hopper or auto" \
-  -q -p no:cacheprovider -rfE -s 2>&1 | grep -E "^hopper (int8|fp8)|passed|failed|^FAILED|^ERROR|Error" | tail -60 | tee -a "$log"
-stamp "tune: native classes with the hopper candidate"
-timeout 120 python3 -m ringsp_kernels.cuda.tune --set ring,kernels --force --out "$out/dispatch_native.json" 2>&1 \
-  | tail -40 | tee -a "$log"
+timeout 140 python3 -m pytest tests/kernels/test_hopper_gpu.py -k "q8 or strided or negative or cached" \
+  -q -p no:cacheprovider -rfE -s 2>&1 | grep --line-buffered -E "^hopper (int8|fp8)|passed|failed|^FAILED|^ERROR|Error" \
+  | tee -a "$log"
 stamp "bench: 8-bit"
-timeout 100 python3 -m ringsp_bench.fp8 --json "$out/fp8.json" --reps 40 --rounds 1 2>&1 | grep -v "^ringsp: " | tail -60 | tee -a "$log"
+timeout 90 python3 -m ringsp_bench.fp8 --json "$out/fp8.json" --reps 40 --rounds 1 2>&1 | grep --line-buffered -v "^ringsp: " | tee -a "$log"
+stamp "tune: native classes with the hopper candidate"
+timeout 100 python3 -m ringsp_kernels.cuda.tune --set ring,kernels --force --out "$out/dispatch_native.json" 2>&1 \
+  | tail -40 | tee -a "$log"
 stamp "bench: ring_rank"
-timeout 60 python3 -m ringsp_bench.ring_rank --reps 20 --rounds 1 --json "$out/ring_rank.json" 2>&1 | grep -v "^ringsp: " | tail -20 | tee -a "$log"
+timeout 50 python3 -m ringsp_bench.ring_rank --reps 20 --rounds 1 --json "$out/ring_rank.json" 2>&1 | grep --line-buffered -v "^ringsp: " | tee -a "$log"
 stamp "done"

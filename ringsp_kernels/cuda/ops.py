@@ -124,7 +124,7 @@ def _make_plan(q, k, v, scale, kv_len, op):
     measure = None
     if forced == "auto" and not in_capture:  # no timing inside a CUDA graph capture
         measure = functools.partial(_measure, q, k, v, scale, kv_len, op, key)
-    entry = dispatch.resolve(key, versions(), measure)
+    entry = dispatch.resolve(key, versions(), measure, wanted=usable_paths(q) - {"triton"})
     if forced == "auto":
         path = dispatch.choose(entry, usable_paths(q))
     else:
@@ -156,7 +156,7 @@ def _measure(q, k, v, scale, kv_len, op, key):
     config = list(fns[tri[0]][0]) if tri else dispatch.default_config(q.shape[3])
     path = dispatch.path_of(order[0])
     log.info("ringsp: %s -> %s %s (%s)", key, path, config, ", ".join(f"{n} {t:.4f} ms" for n, t in ms.items()))
-    return {"path": path, "config": config, "ms": ms}
+    return {"path": path, "config": config, "ms": ms, "paths": sorted(usable_paths(q))}
 
 
 def _path_run(path, q, k, v, scale, kv_len, out, lse, has_state):

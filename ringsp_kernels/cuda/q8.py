@@ -68,7 +68,7 @@ def plan(q, k, v, scale, kv_len, precision, has_state):
         in_capture = capturing()
         measure = None if in_capture else functools.partial(measure_class, q, k, v, scale, kv_len, precision,
                                                            has_state)
-        entry = dispatch.resolve(key, ops.versions(), measure)
+        entry = dispatch.resolve(key, ops.versions(), measure, wanted=usable_paths(q, precision) - {"triton"})
         got = (dispatch.choose(entry, usable_paths(q, precision)), tuple(entry["config"][:4]))
         if not in_capture:
             _PLANS[local] = got
@@ -105,7 +105,8 @@ def measure_class(q, k, v, scale, kv_len, precision, has_state):
     order = timing.ranked(samples)
     tri = [n for n in order if n in cfgs]
     config = cfgs[tri[0]] if tri else triton_fp8.FALLBACK
-    return {"path": dispatch.path_of(order[0]), "config": [*config, False], "ms": ms}
+    return {"path": dispatch.path_of(order[0]), "config": [*config, False], "ms": ms,
+            "paths": sorted(usable_paths(q, precision))}
 
 
 def _attend(q, k, v, acc, lse, scale, kv_len, precision, has_state):

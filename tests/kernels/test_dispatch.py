@@ -97,6 +97,24 @@ def test_shipped_table_is_used_and_disk_cache_wins_over_it():
     assert m.calls == 0 and dispatch.stats["shipped"] == 1 and dispatch.stats["disk"] == 1
 
 
+def test_an_entry_measured_before_a_candidate_existed_is_measured_again_in_local_mode():
+    """A shipped entry timed without the hopper path (measured before it was a candidate) is
+    passed over where hopper can run: measured again, with it, and saved; where it cannot
+    run, or nothing may be timed, or the table is the group's agreed one, it serves as is."""
+    old = dict(C, ms={"triton:128,128,8,3,0": 2.0, "cudnn": 1.0})
+    dispatch.write_table(dispatch.SHIPPED, {key(): old, key(Sq=64): old})
+    m = Counter(dict(T, ms={"triton:128,128,8,3,0": 2.0, "cudnn": 1.0, "hopper": 0.9}, paths=["cudnn", "hopper"]))
+    assert dispatch.resolve(key(), V, m, wanted={"cudnn"})["path"] == "cudnn" and m.calls == 0
+    assert dispatch.resolve(key(Sq=64), V, None, wanted={"hopper"})["path"] == "cudnn"  # nothing may be timed
+    assert dispatch.resolve(key(Sq=64), V, m, wanted={"cudnn", "hopper"})["path"] == "triton" and m.calls == 1
+    dispatch.reset(cache_dir=dispatch.cache_dir())  # a new process: the re-measured entry is on disk
+    assert dispatch.resolve(key(Sq=64), V, m, wanted={"cudnn", "hopper"})["path"] == "triton" and m.calls == 1
+    assert dispatch.knows({"paths": ["fa4"], "ms": {}}, {"fa4"})  # tried, if not timed: not again
+    dispatch.install(dispatch.snapshot(V))
+    assert dispatch.resolve(key(), V, m, wanted={"hopper"})["path"] == "cudnn" and m.calls == 1
+    dispatch.uninstall()
+
+
 def test_snapshot_install_round_trip_and_consistent_mode_never_measures():
     dispatch.write_table(dispatch.SHIPPED, {key(dev="A100"): T})
     dispatch.resolve(key(), V, Counter(C))

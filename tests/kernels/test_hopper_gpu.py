@@ -130,3 +130,28 @@ def test_a_negative_scale_is_not_a_wrong_max():
     q, k, v = (rand((1, 300, 2, 128), torch.bfloat16, g) for _ in range(3))
     out, lse = hopper.attn_fwd(q, k, v, -0.1, 300)
     assert_rows_close(out, lse, *reference(q, k, v, 300, scale=-0.1), torch.bfloat16, "hopper scale < 0")
+
+
+def test_a_repeated_launch_takes_the_cached_path_with_the_same_result():
+    """The second launch of a key goes straight to the compiled kernel's launcher
+    (fast_launch.CachedKernel): same output, bit for bit, as the JIT's launch."""
+    from ringsp_kernels.cuda import fast_launch
+
+    g = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v = (rand((1, 500, 2, 128), torch.bfloat16, g) for _ in range(3))
+    first = hopper.attn_fwd(q, k, v, 128 ** -0.5, 480)
+    calls = hopper._KERNEL.fast_calls
+    again = hopper.attn_fwd(q, k, v, 128 ** -0.5, 480)
+    assert hopper._KERNEL.fast_calls == calls + fast_launch.ENABLED
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert_rows_close(*again, *reference(q, k, v, 480), torch.bfloat16, "hopper cached launch")
+    states = []
+    for _ in range(2):  # a ring step of the same shape twice: the second one cached
+        acc = torch.zeros(1, 500, 2, 128, device="cuda")
+        st = torch.full((1, 2, 500), float("-inf"), device="cuda")
+        hopper.attn_step_(q, k[:, :250], v[:, :250], acc, st, 128 ** -0.5, 250)
+        hopper.attn_step_(q, k[:, 250:], v[:, 250:], acc, st, 128 ** -0.5, 230)
+        states.append((acc, st))
+    assert torch.equal(states[0][0], states[1][0]) and torch.equal(states[0][1], states[1][1])
+    assert_rows_close(states[1][0].to(torch.bfloat16), states[1][1], *reference(q, k, v, 480), torch.bfloat16,
+                      "hopper cached steps")
