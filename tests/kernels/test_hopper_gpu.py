@@ -132,11 +132,12 @@ def test_a_negative_scale_is_not_a_wrong_max():
     assert_rows_close(out, lse, *reference(q, k, v, 300, scale=-0.1), torch.bfloat16, "hopper scale < 0")
 
 
-def test_a_repeated_launch_takes_the_cached_path_with_the_same_result():
-    """The second launch of a key goes straight to the compiled kernel's launcher
-    (fast_launch.CachedKernel): same output, bit for bit, as the JIT's launch."""
+def test_a_repeated_launch_takes_the_cached_path_with_the_same_result(monkeypatch):
+    """With hopper.CACHED_LAUNCH the second launch of a key goes straight to the compiled
+    kernel's launcher (fast_launch.CachedKernel): same output, bit for bit, as the JIT's."""
     from ringsp_kernels.cuda import fast_launch
 
+    monkeypatch.setattr(hopper, "CACHED_LAUNCH", True)
     g = torch.Generator(device="cuda").manual_seed(11)
     q, k, v = (rand((1, 500, 2, 128), torch.bfloat16, g) for _ in range(3))
     first = hopper.attn_fwd(q, k, v, 128 ** -0.5, 480)
