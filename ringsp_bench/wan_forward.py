@@ -15,8 +15,8 @@ it process-wide, so the baseline, diffusers-cp and ringsp's (local) cross-attent
 Shapes: 480p/81f (latents 21x60x104, S=32760) and 720p/81f (21x90x160, S=75600).
 Each forward is timed with CUDA events after --warmup untimed ones; an iteration's time is
 the slowest rank's; the table shows the median, the speedup over diffusers-1gpu, the max
-abs error against diffusers-1gpu's output (relative to its max abs value) and the peak
-memory of the busiest rank. --json writes all of it with device, versions, date, command.
+abs error against diffusers-1gpu's output (relative to its max abs value), the mean abs error
+(relative to its mean abs value) and the peak memory of the busiest rank. --json writes all of it with device, versions, date, command.
 
 --compile [regional|full] times every row compiled too (ringsp and both diffusers columns
 compiled the same way, by ringsp.models.compile_transformer: regional = diffusers'
@@ -24,6 +24,10 @@ compile_repeated_blocks(fullgraph=True); static shapes); --cuda-graphs adds rows
 CUDA graphs (ringsp.models.compile: the SP attention outside the graphs); --skip-eager drops
 the eager rows. A compiled row has compile_s (the first forward(s), which compile and record,
 untimed otherwise) and speedup_vs_eager (over the eager row of the same impl and split).
+
+--attention-precision native,int8,fp8 gives one ringsp row per precision and split (8-bit SP
+attention inside the same model); every row's max_rel_err and mean_rel_err are its output's
+deviation from diffusers-1gpu's forward in --dtype (same weights, same seed and inputs).
 
 Without CUDA it prints why and exits 0 (writing a JSON that says so). `--device cpu` with
 a tiny model (e.g. `--model tiny-t2v --latent 3,6,10 --text-len 8`) runs the whole script
@@ -72,10 +76,21 @@ def add_run_args(p):
                    help="also time every row compiled (regional: compile_repeated_blocks, the default MODE)")
     p.add_argument("--cuda-graphs", action="store_true", help="also time rows with piecewise CUDA graphs")
     p.add_argument("--skip-eager", action="store_true", help="time the compiled rows only")
-    p.add_argument("--attention-precision", default=None, choices=["fp8", "int8"],
-                   help="ringsp rows: 8-bit SP attention inside (the diffusers rows stay in --dtype)")
+    p.add_argument("--attention-precision", type=_precisions, default=[None], metavar="P[,P...]",
+                   help="ringsp rows, one per precision and split: native (the activations' dtype; or "
+                        "'bf16'), int8, fp8 -- e.g. native,int8,fp8; the diffusers rows stay in --dtype")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+
+
+def _precisions(text):
+    """'native,int8,fp8' -> [None, 'int8', 'fp8'] (None: the SP attention in the activations' dtype)."""
+    names = {"native": None, "bf16": None, "int8": "int8", "fp8": "fp8"}
+    got = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in got if x not in names]
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"takes a comma list of {', '.join(names)}; got {text!r}")
+    return list(dict.fromkeys(names[x] for x in got))
 
 
 def check_run_args(p, args):
@@ -283,6 +298,17 @@ def rel_error(out, ref):
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
 
 
+def mean_rel_error(out, ref):
+    """Mean absolute deviation over the mean absolute value of the reference."""
+    if ref is None or out is None:
+        return None
+    return float((out.float() - ref.float()).abs().mean() / ref.float().abs().mean().clamp_min(1e-12))
+
+
+def errors(out, ref):
+    return {"max_rel_err": rel_error(out, ref), "mean_rel_err": mean_rel_error(out, ref)}
+
+
 # ------------------------------------------------------------------------------ runs
 
 
@@ -307,22 +333,22 @@ def run_single(model, inputs, args, device, variant=EAGER):
 _contexts = {}
 
 
-def run_ringsp(model, inputs, split, device, args, ref, variant=EAGER):
+def run_ringsp(model, inputs, split, device, args, ref, variant=EAGER, precision=None):
     import ringsp
     from ringsp.parallel import ParallelConfig, init_parallel
 
     u, r = split
-    row = {"impl": "ringsp", "ulysses": u, "ring": r, "attention_precision": args.attention_precision}
+    row = {"impl": "ringsp", "ulysses": u, "ring": r, "attention_precision": precision}
     try:
         if split not in _contexts:  # one set of process groups per split, reused across shapes
             _contexts[split] = init_parallel(ParallelConfig(ulysses_degree=u, ring_degree=r))
         ctx = _contexts[split]
-        ringsp.enable_sequence_parallel(model, ctx, attention_precision=args.attention_precision)
+        ringsp.enable_sequence_parallel(model, ctx, attention_precision=precision)
         try:
             times, out, peak, compile_s = time_variant(model, inputs, args, device, variant)
         finally:
             ringsp.disable_sequence_parallel(model)
-        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref), compile_s=compile_s)
+        row.update(times_ms=times, peak_mem_gib=peak, **errors(out, ref), compile_s=compile_s)
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {exc}"
     return _with_variant(row, variant)
@@ -340,7 +366,7 @@ def run_diffusers_cp(model, inputs, split, device, args, ref, variant=EAGER):
         clone = shallow_clone(model)
         clone.enable_parallelism(config=ContextParallelConfig(ring_degree=r, ulysses_degree=u))
         times, out, peak, compile_s = time_variant(clone, inputs, args, device, variant)
-        row.update(times_ms=times, peak_mem_gib=peak, max_rel_err=rel_error(out, ref), compile_s=compile_s)
+        row.update(times_ms=times, peak_mem_gib=peak, **errors(out, ref), compile_s=compile_s)
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {exc}"
     del clone
@@ -379,17 +405,20 @@ def run_rows(model, inputs, args, device, finish):
                 ref, base_ms = out, (statistics.median(row["times_ms"]) if "times_ms" in row else None)
             rows.append(finish(row, base_ms))
         for split in selected_splits(args):
-            rows.append(finish(run_ringsp(model, inputs, split, device, args, ref, variant), base_ms))
+            for precision in args.attention_precision:
+                rows.append(finish(run_ringsp(model, inputs, split, device, args, ref, variant, precision), base_ms))
             if not args.skip_diffusers_cp and split != (1, 1):  # diffusers refuses u = r = 1
                 rows.append(finish(run_diffusers_cp(model, inputs, split, device, args, ref, variant), base_ms))
     return add_compile_speedups(rows)
 
 
 def add_compile_speedups(rows):
-    """speedup_vs_eager on each compiled row: the eager median of its impl and split over its own."""
-    eager = {(r["impl"], r["ulysses"], r["ring"]): r.get("median_ms") for r in rows if r.get("compile") is None}
+    """speedup_vs_eager on each compiled row: the eager median of its impl, split and attention
+    precision over its own."""
+    twin = lambda r: (r["impl"], r["ulysses"], r["ring"], r.get("attention_precision"))  # noqa: E731
+    eager = {twin(r): r.get("median_ms") for r in rows if r.get("compile") is None}
     for row in rows:
-        base = eager.get((row["impl"], row["ulysses"], row["ring"]))
+        base = eager.get(twin(row))
         if row.get("compile") is not None and base and row.get("median_ms"):
             row["speedup_vs_eager"] = base / row["median_ms"]
     return rows
@@ -448,21 +477,22 @@ def variant_label(row):
 
 def print_table(rows):
     head = f"{'shape':>10} {'S':>6} {'impl':>15} {'u':>2} {'r':>2} {'compile':>15} {'median ms':>10} " \
-           f"{'speedup':>8} {'vs eager':>8} {'rel err':>9} {'peak GiB':>8} {'compile s':>9}"
+           f"{'speedup':>8} {'vs eager':>8} {'rel err':>9} {'mean err':>9} {'peak GiB':>8} {'compile s':>9}"
     print(head)
     print("-" * len(head))
     for row in rows:
-        lead = f"{row['shape']:>10} {row['seq_len']:>6} {row['impl']:>15} {row['ulysses']:>2} {row['ring']:>2} " \
+        impl = row["impl"] + (f"[{row['attention_precision']}]" if row.get("attention_precision") else "")
+        lead = f"{row['shape']:>10} {row['seq_len']:>6} {impl:>15} {row['ulysses']:>2} {row['ring']:>2} " \
                f"{variant_label(row):>15}"
         if "error" in row:
             print(f"{lead}  ERROR {row['error'][:80]}")
             continue
         speed = f"{row['speedup_vs_1gpu']:.2f}x" if row.get("speedup_vs_1gpu") else "-"
         vs_eager = f"{row['speedup_vs_eager']:.2f}x" if row.get("speedup_vs_eager") else "-"
-        err = f"{row['max_rel_err']:.1e}" if row.get("max_rel_err") is not None else "-"
+        err, mean = (f"{row[k]:.1e}" if row.get(k) is not None else "-" for k in ("max_rel_err", "mean_rel_err"))
         compile_s = f"{row['compile_s']:.1f}" if row.get("compile_s") is not None else "-"
-        print(f"{lead} {row['median_ms']:>10.1f} {speed:>8} {vs_eager:>8} {err:>9} {row['peak_mem_gib']:>8.2f} "
-              f"{compile_s:>9}")
+        print(f"{lead} {row['median_ms']:>10.1f} {speed:>8} {vs_eager:>8} {err:>9} {mean:>9} "
+              f"{row['peak_mem_gib']:>8.2f} {compile_s:>9}")
 
 
 def run_record(base, args, device, cfg, backend, rows, **extra):

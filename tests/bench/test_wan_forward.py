@@ -43,6 +43,33 @@ def test_variants_and_compile_speedups():
     assert "speedup_vs_eager" not in rows[0] and "speedup_vs_eager" not in rows[2]  # eager; no eager twin
 
 
+def test_attention_precisions():
+    assert bench.parse_args([]).attention_precision == [None]
+    assert bench.parse_args(["--attention-precision", "native,int8,fp8"]).attention_precision == [None, "int8", "fp8"]
+    assert bench.parse_args(["--attention-precision", "bf16,native"]).attention_precision == [None]
+    for bad in ("fp4", ",", "int8,fp16"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--attention-precision", bad])
+
+
+def test_one_ringsp_row_per_precision_with_its_deviation_from_the_baseline(tmp_path):
+    """World of one on CPU: a ringsp row per precision, each with its max and mean deviation
+    from diffusers' own forward; the 8-bit one records why it cannot run here (CUDA and 16-bit inputs only)."""
+    out = tmp_path / "wan.json"
+    cmd = [sys.executable, "-m", "ringsp_bench.wan_forward", "--device", "cpu", "--model", "tiny-t2v",
+           "--latent", "3,6,10", "--text-len", "8", "--iters", "1", "--warmup", "0", "--dtype", "fp32",
+           "--skip-diffusers-cp", "--attention-precision", "native,int8", "--json", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_PORT="29533")
+    proc = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {(r["impl"], r.get("attention_precision")): r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {("diffusers-1gpu", None), ("ringsp", None), ("ringsp", "int8")}
+    native = rows[("ringsp", None)]
+    assert 0 < native["mean_rel_err"] <= native["max_rel_err"] < 1e-4
+    assert "precision='int8'" in rows[("ringsp", "int8")]["error"]  # fp32 on a CPU: refused, named
+    assert "ringsp[int8]" in proc.stdout
+
+
 def test_factor_pairs():
     assert bench.factor_pairs(1) == [(1, 1)]
     assert bench.factor_pairs(4) == [(4, 1), (2, 2), (1, 4)]
