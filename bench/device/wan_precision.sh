@@ -2,8 +2,8 @@
 # One GPU (world size 1): the Wan2.1-T2V-1.3B 480p/81f transformer forward with ringsp's SP
 # attention at each precision (native bf16, int8, fp8) next to diffusers' own bf16 forward:
 # time, and each output's max / mean deviation from diffusers' (same weights, seed, inputs)
-# -> OUTDIR/wan_precision_w1.json. Needs diffusers wheels in .whl/ (with sageattention's, as
-# fp8.sh). Usage: bash bench/device/wan_precision.sh OUTDIR   (~3 min on an H100)
+# -> OUTDIR/wan_precision_w1.json. Needs diffusers' wheels and their dependencies in .whl/ (as
+# compile.sh). Usage: bash bench/device/wan_precision.sh OUTDIR   (~3 min on an H100)
 set -uo pipefail
 out=${1:?usage: bash bench/device/wan_precision.sh OUTDIR}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
