@@ -37,7 +37,7 @@ class Config:
 
 # Whether the automatic dispatch may measure and choose this path: its GPU tests
 # (tests/kernels/test_hopper_gpu.py, test_ops_gpu.py's hopper cases) passed on an H100
-# (2026-12-07, bench/results/hopper_h100.json). RINGSP_CUDA_ATTN=hopper forces it.
+# (2026-12-07, bench/results/hopper_h100_log.txt). RINGSP_CUDA_ATTN=hopper forces it.
 AUTO = True
 
 # Whether launches go through fast_launch.CachedKernel (a key's first call through Triton's JIT,
