@@ -143,9 +143,9 @@ def _consumer(q_bufs, k_bufs, v_bufs, st_bufs, q_ready, q_empty, st_ready, st_em
         s_acc = warpgroup_mma_wait(0, deps=(s_tok,))
         mbarrier.arrive(k_empty.index(s), count=1)
         if n_full > 0:
-            p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, 0, kv_len, s_layout, BLOCK_N, False)
+            p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, 0, kv_len, s_layout, BLOCK_N, False, True, 0.0)
         else:
-            p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, 0, kv_len, s_layout, BLOCK_N, True)
+            p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, 0, kv_len, s_layout, BLOCK_N, True, True, 0.0)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_l), 1)
 
         for j in range(1, n_tiles):
@@ -164,10 +164,10 @@ def _consumer(q_bufs, k_bufs, v_bufs, st_bufs, q_ready, q_empty, st_ready, st_em
             mbarrier.arrive(k_empty.index(s), count=1)
             if j < n_full:
                 p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, j * BLOCK_N, kv_len, s_layout, BLOCK_N,
-                                             False)
+                                             False, True, 0.0)
             else:
                 p, m_i, l_i, alpha = _scores(s_acc, m_i, l_i, qk_scale, j * BLOCK_N, kv_len, s_layout, BLOCK_N,
-                                             True)
+                                             True, True, 0.0)
             acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
             mbarrier.arrive(v_empty.index(sp), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_l), 1)
@@ -180,8 +180,8 @@ def _consumer(q_bufs, k_bufs, v_bufs, st_bufs, q_ready, q_empty, st_ready, st_em
         acc, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
         mbarrier.arrive(v_empty.index(last), count=1)
         it += n_tiles
-        _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i, None,
-                     ROWS, HEAD_DIM, o_layout)
+        _store_state(Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, acc, m_i, l_i, None, None,
+                     0.0, ROWS, HEAD_DIM, o_layout)
         i += 1
 
 

@@ -16,7 +16,8 @@ Shapes: 480p/81f (latents 21x60x104, S=32760) and 720p/81f (21x90x160, S=75600).
 Each forward is timed with CUDA events after --warmup untimed ones; an iteration's time is
 the slowest rank's; the table shows the median, the speedup over diffusers-1gpu, the max
 abs error against diffusers-1gpu's output (relative to its max abs value), the mean abs error
-(relative to its mean abs value) and the peak memory of the busiest rank. --json writes all of it with device, versions, date, command.
+(relative to its mean abs value) and the peak memory of the busiest rank. --json writes all of
+it with device, versions, date, command.
 
 --compile [regional|full] times every row compiled too (ringsp and both diffusers columns
 compiled the same way, by ringsp.models.compile_transformer: regional = diffusers'

@@ -88,7 +88,7 @@ def _scores(s_acc, m_i, l_i, qk_scale, col0, kv_len, s_layout: gl.constexpr, BLO
 
 
 @gluon.jit
-def _k_tile(bufs, s, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+def _kv_tile(bufs, s, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
     return bufs.index(s).reshape([BLOCK_N, HEAD_DIM])
 
 
@@ -98,7 +98,7 @@ def _v_tile(bufs, s, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, Q8: gl.const
     if Q8 == FP8:
         return bufs.index(s).permute((1, 0))
     else:
-        return bufs.index(s).reshape([BLOCK_N, HEAD_DIM])
+        return _kv_tile(bufs, s, BLOCK_N, HEAD_DIM)
 
 
 @gluon.jit
@@ -256,7 +256,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_bar, k_ready, k_empty, v_ready, 
 
     # tile 0
     mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_smem, _k_tile(k_bufs, 0, BLOCK_N, HEAD_DIM).permute((1, 0)), s_zero,
+    s_tok = warpgroup_mma(q_smem, _kv_tile(k_bufs, 0, BLOCK_N, HEAD_DIM).permute((1, 0)), s_zero,
                           use_acc=False, is_async=True)
     s_acc = warpgroup_mma_wait(0, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(0), count=1)
@@ -279,7 +279,7 @@ def _consumer(q_bufs, k_bufs, v_bufs, p_bufs, q_bar, k_ready, k_empty, v_ready, 
         p_op = _p_operand(p, v_bufs, p_smem, p_layout, Q8)
         # the two warpgroups take turns on the tensor cores: one's softmax hides the other's GEMMs
         mbarrier.wait(turn.index(HALF), (j - 1) & 1)
-        s_tok = warpgroup_mma(q_smem, _k_tile(k_bufs, s, BLOCK_N, HEAD_DIM).permute((1, 0)), s_zero,
+        s_tok = warpgroup_mma(q_smem, _kv_tile(k_bufs, s, BLOCK_N, HEAD_DIM).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         o_tok = _pv(p_op, _v_tile(v_bufs, sp, BLOCK_N, HEAD_DIM, Q8), acc, o_zero, Q8)
         mbarrier.arrive(turn.index(1 - HALF), count=1)
@@ -369,12 +369,12 @@ def ring_step_kernel(q_desc, k_desc, v_desc, AccIn, LseIn, Acc, Lse,
     gl.warp_specialize([
         (_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, turn,
                      AccIn, LseIn, Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, kv_len,
-                     qk_scale, QRow, QShift, KScale, ks_base, VScale, vs_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 0, Q8,
-                     POS_SCALE)),
+                     qk_scale, QRow, QShift, KScale, ks_base, VScale, vs_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM,
+                     0, Q8, POS_SCALE)),
         (_consumer, (q_bufs, k_bufs, v_bufs, p_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, turn,
                      AccIn, LseIn, Acc, Lse, acc_base, lse_base, stride_as, stride_ls, row0, Sq, kv_len,
-                     qk_scale, QRow, QShift, KScale, ks_base, VScale, vs_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM, 1, Q8,
-                     POS_SCALE)),
+                     qk_scale, QRow, QShift, KScale, ks_base, VScale, vs_base, HAS_STATE, ROWS, BLOCK_N, HEAD_DIM,
+                     1, Q8, POS_SCALE)),
         (_producer, (k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, b, col, n_tiles,
                      ks_base, vs_base, BLOCK_N, Q8)),
     ], [4, 1], [240, 24])
