@@ -30,6 +30,10 @@ ROWS = 256
 CHAINED = ("fp8", "int8", "hopper int8", "hopper fp8")  # the candidates timed as attn_fwd and chain4
 
 
+def chain_key(candidate):
+    return f"{candidate.replace(' ', '_')}_chain_over_fwd"
+
+
 def chain(rk, q, k, v, precision):
     S = k.shape[1]
 
@@ -149,7 +153,7 @@ def measure(name, S, H, D, args, sage, bench):
     for p in CHAINED:
         fwd, ch = ms.get(f"{p} attn_fwd"), ms.get(f"{p} chain4")
         if isinstance(fwd, float) and isinstance(ch, float):
-            entry[f"{p.replace(' ', '_')}_chain_over_fwd"] = ch / fwd
+            entry[chain_key(p)] = ch / fwd
     if isinstance(ms.get("fp8 quantise"), float) and isinstance(ms.get("fp8 attn_fwd"), float):
         entry["fp8_quantise_share"] = ms["fp8 quantise"] / ms["fp8 attn_fwd"]
     return entry
@@ -167,7 +171,7 @@ def print_entry(name, e):
         ratio = e.get("ratio_to_cudnn", {}).get(cand, 0)
         print(f"  {cand:14s} {m:9.3f} ms {e['tflops'][cand]:7.1f} TFLOP/s x{ratio:.3f} of cuDNN"
               f" | randn {fmt(acc)} | K outliers {fmt(acco)}")
-    keys = tuple(f"{p.replace(' ', '_')}_chain_over_fwd" for p in CHAINED) + ("fp8_quantise_share",)
+    keys = tuple(map(chain_key, CHAINED)) + ("fp8_quantise_share",)
     print("  " + "  ".join(f"{k}={e[k]:.3f}" for k in keys if k in e))
 
 

@@ -121,12 +121,15 @@ def _attend(q, k, v, acc, lse, scale, kv_len, precision, has_state):
     run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg)
 
 
-def _refuse_alone(what, reason, error):
-    """In consistent mode a rank must not change its kernel alone: raise, naming what failed."""
+def _refuse_alone(what, error):
+    """In consistent mode a rank must not change its kernel alone: raise, naming what failed.
+    Returns the error's first line (for local mode's warning)."""
+    reason = (str(error).splitlines() or [""])[0][:200]
     if dispatch.consistent():
         raise RuntimeError(f"ringsp: {what}: {reason}. The ranks of a group run what their agreed kernel "
                            "table chose; re-tune on this GPU (python -m ringsp_kernels.cuda.tune "
                            "--precision fp8,int8)") from error
+    return reason
 
 
 def _hopper_ran(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
@@ -136,8 +139,7 @@ def _hopper_ran(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
         hopper.launch_q8(q, k, v, acc, lse, scale, kv_len, has_state, precision)
     except TritonError as e:  # raised while compiling, before the launch: the state is untouched
         what = f"the hopper {precision} kernel does not compile for q {tuple(q.shape)}"
-        reason = (str(e).splitlines() or [""])[0][:200]
-        _refuse_alone(what, reason, e)
+        reason = _refuse_alone(what, e)
         log.warning("ringsp: %s (%s); using the Triton 8-bit kernel for this shape", what, reason)
         _PLANS[_shape_key(q, k, op_name(precision, has_state))] = ("triton", cfg)
         return False
@@ -157,8 +159,7 @@ def run_planned(q, k, v, acc, lse, scale, kv_len, precision, has_state, cfg):
         if tuple(cfg) == triton_fp8.FALLBACK:
             raise
         what = f"8-bit attention config {list(cfg)} does not compile for q {tuple(q.shape)} ({precision})"
-        reason = (str(e).splitlines() or [""])[0][:200]
-        _refuse_alone(what, reason, e)
+        reason = _refuse_alone(what, e)
         log.warning("ringsp: %s (%s); using %s for this shape", what, reason, triton_fp8.FALLBACK)
         _PLANS[_shape_key(q, k, op_name(precision, has_state))] = ("triton", triton_fp8.FALLBACK)
         triton_fp8.attend(q, k, v, acc, lse, scale, kv_len, int8, has_state, triton_fp8.FALLBACK)

@@ -219,10 +219,20 @@ def _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, mask, qk_scale, stride_qb, stride_q
 
 
 @triton.jit
-def _int8_rows(q, amax):
-    """q rounded to int8 per row (scale amax / 127, 1 for an all-zero row) and that scale."""
-    sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
-    return _to_int8(q / sq[:, None]), sq
+def _q_rows(q, KScale, bh, qk_scale, FP8: tl.constexpr, EMULATE: tl.constexpr):
+    """q rounded per row to int8 (scale amax / 127) or e4m3 (amax / 448; 1 for an all-zero row),
+    and the row's dequantisation factor in log2 units: its scale x qk_scale, x K's block scale
+    KScale[bh] for fp8 (int8's K scales are per key, applied per score)."""
+    amax = tl.max(tl.abs(q), 1)
+    if FP8:
+        sq = tl.where(amax > 0, amax / _FP8_MAX, 1.0)
+        q8 = _to_fp8(q / sq[:, None], EMULATE)
+        row_a = sq * tl.load(KScale + bh) * qk_scale
+    else:
+        sq = tl.where(amax > 0, amax / _INT8_MAX, 1.0)
+        q8 = _to_int8(q / sq[:, None])
+        row_a = sq * qk_scale
+    return q8, row_a
 
 
 @triton.jit(do_not_specialize=["kv_len", "Sq", "Skp"])
@@ -249,15 +259,10 @@ def q8_attn_kernel(
 
     q, c = _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, tile_mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
                    BLOCK_D)
-    amax = tl.max(tl.abs(q), 1)
+    q8, row_a = _q_rows(q, KScale, bh, qk_scale, not QK_INT8, EMULATE)
     if QK_INT8:
-        q8, sq = _int8_rows(q, amax)
-        row_a = sq * qk_scale
         sv = tl.full([BLOCK_D], 1.0, tl.float32)
     else:
-        sq = tl.where(amax > 0, amax / _FP8_MAX, 1.0)
-        q8 = _to_fp8(q / sq[:, None], EMULATE)
-        row_a = sq * tl.load(KScale + bh) * qk_scale
         sv = tl.load(VScale + bh * BLOCK_D + offs_d)
 
     acc_ptrs = Acc + b * stride_ab + h * stride_ah + offs_m[:, None] * stride_as + offs_d[None, :] * stride_ad
@@ -317,14 +322,7 @@ def _q8_kernel(
     mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     q, c = _q_tile(Q, Mu, b, h, bh, offs_m, offs_d, mask, qk_scale, stride_qb, stride_qs, stride_qh, stride_qd,
                    BLOCK_D)
-    amax = tl.max(tl.abs(q), 1)
-    if FP8:
-        sq = tl.where(amax > 0, amax / _FP8_MAX, 1.0)
-        q8 = _to_fp8(q / sq[:, None], EMULATE)
-        row_a = sq * tl.load(KScale + bh) * qk_scale
-    else:
-        q8, sq = _int8_rows(q, amax)
-        row_a = sq * qk_scale
+    q8, row_a = _q_rows(q, KScale, bh, qk_scale, FP8, EMULATE)
     tl.store(Q8 + ((b * Sq + offs_m[:, None]) * H + h) * HEAD_DIM + offs_d[None, :], q8, mask=mask)
     r_off = b * stride_rb + h * stride_rh + offs_m * stride_rs
     tl.store(RowA + r_off, row_a, mask=row_ok)
